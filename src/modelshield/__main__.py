@@ -1,0 +1,7 @@
+"""``python -m modelshield`` (also how ``torchrun -m modelshield train`` starts)."""
+
+import sys
+
+from modelshield.cli import main
+
+sys.exit(main())
