@@ -1,5 +1,63 @@
-"""modelshield: protect trained PyTorch models against theft."""
+"""modelshield: protect trained PyTorch models against theft.
+
+Example:
+    >>> import modelshield
+    >>> bundle = modelshield.load_dataset("digits")
+    >>> model = modelshield.build_model("lenet5", in_channels=1, image_size=8, num_classes=10)
+    >>> modelshield.evaluate(model, bundle.test).total
+    359
+"""
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+from modelshield.data import DatasetBundle, DatasetInfo, Normalization, TensorData, load_dataset, make_synthetic
+from modelshield.errors import (
+    BudgetExceeded,
+    ConfigError,
+    DatasetNotFound,
+    FormatError,
+    IntegrityError,
+    ModelShieldError,
+)
+from modelshield.keys import SecretKey, load_secret_key
+from modelshield.models import (
+    Checkpoint,
+    CheckpointMeta,
+    build_model,
+    load_checkpoint,
+    save_checkpoint,
+    state_dict_fingerprint,
+)
+from modelshield.training import EvalResult, TrainConfig, TrainResult, evaluate, seed_everything, train_model
+
+__all__ = [
+    "BudgetExceeded",
+    "Checkpoint",
+    "CheckpointMeta",
+    "ConfigError",
+    "DatasetBundle",
+    "DatasetInfo",
+    "DatasetNotFound",
+    "EvalResult",
+    "FormatError",
+    "IntegrityError",
+    "ModelShieldError",
+    "Normalization",
+    "SecretKey",
+    "TensorData",
+    "TrainConfig",
+    "TrainResult",
+    "__version__",
+    "build_model",
+    "evaluate",
+    "load_checkpoint",
+    "load_dataset",
+    "load_secret_key",
+    "make_synthetic",
+    "save_checkpoint",
+    "seed_everything",
+    "state_dict_fingerprint",
+    "train_model",
+]

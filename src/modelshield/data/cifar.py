@@ -26,6 +26,7 @@ _ALLOWED = {
     ("numpy", "dtype"),
     ("numpy.core.multiarray", "scalar"),
     ("numpy._core.multiarray", "scalar"),
+    ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 spell bytes; returns bytes only
 }
 _MAX_BATCH_BYTES = 512 * 1024 * 1024
 

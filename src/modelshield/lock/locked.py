@@ -154,6 +154,13 @@ def _flat_bytes(tensor: torch.Tensor) -> np.ndarray:
     return t.view(torch.uint8).numpy() if t.numel() else np.empty(0, dtype=np.uint8)
 
 
+def _as_tensor(raw: np.ndarray, entry: TensorEntry) -> torch.Tensor:
+    """Wrap a flat uint8 buffer (not copied) as the entry's dtype and shape."""
+    if entry.nbytes == 0:
+        return torch.empty(entry.shape, dtype=entry.torch_dtype)
+    return torch.from_numpy(raw).view(entry.torch_dtype).reshape(entry.shape)
+
+
 def _mac_prefix(mac: hmac.HMAC, prefix: bytes, header_bytes: bytes) -> None:
     mac.update(prefix)
     mac.update(header_bytes)
@@ -212,8 +219,7 @@ class LockedModel:
         """
         out: dict[str, torch.Tensor] = {}
         for entry in self.header.tensors:
-            raw = self._payload[entry.offset : entry.offset + entry.nbytes].copy()
-            out[entry.name] = torch.from_numpy(raw).view(entry.torch_dtype).reshape(entry.shape)
+            out[entry.name] = _as_tensor(self._payload[entry.offset : entry.offset + entry.nbytes].copy(), entry)
         return out
 
     # -- unlocking -----------------------------------------------------------------------------
@@ -234,7 +240,7 @@ class LockedModel:
             raise IntegrityError(f"{self.source}: {_INTEGRITY_MESSAGE}")
         if not gaps_zero:
             raise FormatError(f"{self.source}: payload padding between tensors is not zero")
-        return {e.name: torch.from_numpy(out).view(e.torch_dtype).reshape(e.shape) for e, out in zip(h.tensors, outputs)}
+        return {e.name: _as_tensor(out, e) for e, out in zip(h.tensors, outputs)}
 
     # -- bytes and files -------------------------------------------------------------------------
     def _parts(self) -> list[bytes | memoryview]:

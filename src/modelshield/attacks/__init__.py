@@ -1,0 +1,1 @@
+"""Attacks that measure the protections: extraction, key recovery, fine-tuning, removal."""

@@ -1,0 +1,39 @@
+"""AuthNet: authentication logic inside the model (Cai et al., ECAI 2025).
+
+A protected model gives correct answers only on inputs carrying its secret key (a mask and an offset in
+normalised input space); plain inputs get near-random answers. Nothing is added to the architecture.
+
+* :mod:`~modelshield.auth.gate`: the gate by module name (hooks), head/tail split, default gates.
+* :mod:`~modelshield.auth.bits`: channel statistics and the authentication bits.
+* :mod:`~modelshield.auth.key`: :class:`AuthKey` (apply, save/load, versioned 0600 file).
+* :mod:`~modelshield.auth.keygen`: key generation by signed-gradient steps.
+* :mod:`~modelshield.auth.embed`: :func:`embed` (bits + key + tail fine-tuning).
+* :mod:`~modelshield.auth.evaluation`: accuracies with, without and with random keys.
+"""
+
+from modelshield.auth.bits import AuthBits, channel_means, select_bits
+from modelshield.auth.embed import AuthConfig, EmbedResult, embed, model_normalization
+from modelshield.auth.gate import DEFAULT_GATES, GateSplit, default_gate, gate_output, trace_gate
+from modelshield.auth.key import AUTH_KEY_ENV, AuthKey, KeyedModel
+from modelshield.auth.keygen import KeyGenConfig, KeyGenResult, generate_key
+
+__all__ = [
+    "AUTH_KEY_ENV",
+    "DEFAULT_GATES",
+    "AuthBits",
+    "AuthConfig",
+    "AuthKey",
+    "EmbedResult",
+    "GateSplit",
+    "KeyGenConfig",
+    "KeyGenResult",
+    "KeyedModel",
+    "channel_means",
+    "default_gate",
+    "embed",
+    "gate_output",
+    "generate_key",
+    "model_normalization",
+    "select_bits",
+    "trace_gate",
+]

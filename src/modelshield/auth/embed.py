@@ -1,0 +1,288 @@
+"""Embedding AuthNet into a trained model: bits, key, then tail fine-tuning with the head frozen.
+
+Steps (see ``shared/specs/authnet.md``):
+
+1. Split the model at the gate (:func:`~modelshield.auth.gate.trace_gate`); freeze every head parameter and
+   keep head modules in eval mode while training (BatchNorm statistics included).
+2. Choose the bits on the training split (:func:`~modelshield.auth.bits.select_bits`) and generate the key
+   (:func:`~modelshield.auth.keygen.generate_key`).
+3. Fine-tune the tail with cross-entropy on the 1:1 union of ``(key(x), y)`` and ``(x, y~)``, where ``y~``
+   is a uniformly random label drawn once per training image (seeded) and kept fixed. Adam, step decay
+   (x0.1 at the ``lr_milestones`` fractions of the run). After every epoch the validation split is scored
+   with and without the key; the kept weights maximise ``legit - unauthorized`` accuracy (ties: the later
+   epoch is not preferred).
+
+When the split is cacheable (the tail depends on the gate output alone) the gate activations of the keyed
+and plain images are computed once and only the tail runs during training; otherwise the whole network
+runs every step. The architecture is unchanged: the protected model has the same modules and parameter
+count as the clean one.
+
+Example:
+    >>> import torch
+    >>> from modelshield.data import make_synthetic
+    >>> from modelshield.models import build_model
+    >>> from modelshield.training import TrainConfig, evaluate, seed_everything, train_model
+    >>> seed_everything(0)
+    >>> data = make_synthetic(600, num_classes=4, image_size=12, seed=0)
+    >>> train, val = data[torch.arange(500)], data[torch.arange(500, 600)]
+    >>> model = build_model("lenet5", in_channels=1, image_size=12, num_classes=4)
+    >>> _ = train_model(model, train, config=TrainConfig(epochs=5, batch_size=32, lr=3e-3), progress=False)
+    >>> config = AuthConfig(num_bits=2, tail_epochs=8, seed=0, key=KeyGenConfig(epochs=8, eps_mask=0.05, eps_offset=0.02, seed=0))
+    >>> result = embed(model, train, val, config=config, progress=False)
+    >>> legit = evaluate(result.key.bind(result.model), val).accuracy
+    >>> plain = evaluate(result.model, val).accuracy
+    >>> legit > 0.9 and plain < 0.6
+    True
+"""
+
+from __future__ import annotations
+
+import copy
+import secrets
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modelshield.auth.bits import AuthBits, channel_means, select_bits
+from modelshield.auth.gate import GateSplit, TailRunner, default_gate, gate_output, trace_gate
+from modelshield.auth.key import AuthKey
+from modelshield.auth.keygen import KeyGenConfig, generate_key
+from modelshield.data.types import Normalization, TensorData
+from modelshield.errors import ConfigError
+from modelshield.models.zoo import Normalize
+from modelshield.training import make_progress, score_logits
+
+__all__ = ["AuthConfig", "EmbedResult", "default_num_bits", "embed", "model_normalization"]
+
+
+def default_num_bits(channels: int) -> int:
+    """Default ``N``: one bit per 8 gate channels, at least 2 and at most 16 (LeNet-5: 2, VGG 128: 16).
+
+    Example:
+        >>> default_num_bits(16), default_num_bits(128), default_num_bits(512)
+        (2, 16, 16)
+    """
+    return max(2, min(16, channels // 8))
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Hyperparameters of :func:`embed`.
+
+    Attributes:
+        gate: gate module name; None = the model's default gate.
+        num_bits: ``N``; None = :func:`default_num_bits` of the gate's channel count.
+        bit_pool: draw the bits at random among this many lowest live channels (None = exactly the lowest N).
+        gamma: bit target multiplier (``t = gamma * a_max``).
+        key: key-generation hyperparameters (its seed defaults to this config's seed).
+        tail_epochs: epochs of tail fine-tuning.
+        tail_batch_size: batch size (keyed and plain samples mixed).
+        tail_lr: Adam learning rate.
+        lr_milestones: fractions of the run after which the learning rate is multiplied by 0.1.
+        weight_decay: Adam weight decay on the tail.
+        seed: seed of the bit draw, key start, fixed random labels and shuffling; None = from the OS CSPRNG.
+    """
+
+    gate: str | None = None
+    num_bits: int | None = None
+    bit_pool: int | None = None
+    gamma: float = 2.0
+    key: KeyGenConfig = field(default_factory=KeyGenConfig)
+    tail_epochs: int = 10
+    tail_batch_size: int = 256
+    tail_lr: float = 1e-3
+    lr_milestones: tuple[float, ...] = (0.5, 0.75)
+    weight_decay: float = 0.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_bits is not None and self.num_bits < 1:
+            raise ConfigError(f"num_bits must be >= 1, got {self.num_bits}")
+        if self.bit_pool is not None and self.num_bits is not None and self.bit_pool < self.num_bits:
+            raise ConfigError(f"bit_pool ({self.bit_pool}) must be >= num_bits ({self.num_bits})")
+        if not self.gamma > 0:
+            raise ConfigError(f"gamma must be > 0, got {self.gamma}")
+        if self.tail_epochs < 1 or self.tail_batch_size < 1:
+            raise ConfigError(f"tail_epochs and tail_batch_size must be >= 1, got {self.tail_epochs}, {self.tail_batch_size}")
+        if not self.tail_lr > 0 or self.weight_decay < 0:
+            raise ConfigError(f"tail_lr must be > 0 and weight_decay >= 0, got {self.tail_lr}, {self.weight_decay}")
+        if any(not 0 < f < 1 for f in self.lr_milestones):
+            raise ConfigError(f"lr_milestones are fractions of the run in (0, 1), got {self.lr_milestones}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (the seed is left out: it can regenerate the key)."""
+        doc = asdict(self)
+        doc.pop("seed")
+        doc["key"].pop("seed")
+        doc["lr_milestones"] = list(self.lr_milestones)
+        return doc
+
+
+@dataclass
+class EmbedResult:
+    """A protected model, its key, and how it was made.
+
+    Attributes:
+        model: the protected model (eval mode; same architecture and parameter count as the input).
+        key: the key, bound to ``model``'s fingerprint.
+        bits: the authentication bits.
+        split: the head/tail split at the gate.
+        bit_change: mean change of the bits' ``g`` under the key (target ``bits.target``).
+        other_change: mean absolute change of the other channels' ``g``.
+        val_legit: validation accuracy with the key (kept epoch).
+        val_unauthorized: validation accuracy without the key (kept epoch).
+        best_epoch: the kept epoch (1-based).
+        history: per epoch: loss, val_legit, val_unauthorized, seconds.
+        timings: seconds for ``bits``, ``key``, ``cache`` (gate activations), ``tail`` and ``total``.
+    """
+
+    model: nn.Module
+    key: AuthKey
+    bits: AuthBits
+    split: GateSplit
+    bit_change: float
+    other_change: float
+    val_legit: float
+    val_unauthorized: float
+    best_epoch: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def model_normalization(model: nn.Module, channels: int) -> Normalization:
+    """The input statistics a model applies itself (a zoo model's ``normalize``), else identity.
+
+    Example:
+        >>> from modelshield.models import build_model
+        >>> from modelshield.data import Normalization
+        >>> m = build_model("lenet5", in_channels=1, image_size=8, num_classes=2, normalization=Normalization((0.5,), (0.25,)))
+        >>> model_normalization(m, 1)
+        Normalization(mean=(0.5,), std=(0.25,))
+    """
+    norm = getattr(model, "normalize", None)
+    if isinstance(norm, Normalize):
+        return Normalization(tuple(norm.mean.flatten().tolist()), tuple(norm.std.flatten().tolist()))
+    return Normalization.identity(channels)
+
+
+@torch.no_grad()
+def _gate_batches(model: nn.Module, gate: str, x: torch.Tensor, key: AuthKey | None, batch_size: int = 512) -> torch.Tensor:
+    model.eval()
+    out = [gate_output(model, gate, key.apply(x[i : i + batch_size]) if key is not None else x[i : i + batch_size])
+           for i in range(0, len(x), batch_size)]
+    return torch.cat(out)
+
+
+def embed(model: nn.Module, train: TensorData, val: TensorData, *, config: AuthConfig | None = None,
+          normalization: Normalization | None = None, progress: bool = True) -> EmbedResult:
+    """Protect a trained model with AuthNet; the input model is not modified.
+
+    Args:
+        model: a trained classifier taking raw NCHW batches (any class count and input size).
+        train: the training split (bits, key and tail training).
+        val: the validation split (checkpoint selection).
+        config: hyperparameters.
+        normalization: statistics the key's normalised space uses; default: the model's own ``normalize``
+            (zoo models), else identity (the key then acts on the model's inputs directly).
+        progress: show progress bars.
+
+    Raises:
+        ConfigError: empty data, shapes that do not match, or a gate that cannot be used.
+    """
+    config = config or AuthConfig()
+    if len(train) < 2 or len(val) < 1:
+        raise ConfigError(f"embedding needs at least 2 training and 1 validation images, got {len(train)} and {len(val)}")
+    if train.x.shape[1:] != val.x.shape[1:]:
+        raise ConfigError(f"train and val images differ in shape: {tuple(train.x.shape[1:])} vs {tuple(val.x.shape[1:])}")
+    t_start = time.perf_counter()
+    seed = config.seed if config.seed is not None else secrets.randbits(63)
+    gen = torch.Generator().manual_seed(seed)
+    model = copy.deepcopy(model).eval()
+    normalization = normalization or model_normalization(model, int(train.x.shape[1]))
+    example = train.x[:8]
+    gate = config.gate or default_gate(model, example)
+    split = trace_gate(model, gate, example)
+    with torch.no_grad():
+        num_classes = int(model(example[:2]).shape[1])
+    if int(train.y.max()) >= num_classes:
+        raise ConfigError(f"labels go up to {int(train.y.max())} but the model has {num_classes} outputs")
+
+    means = channel_means(model, gate, train.x)
+    num_bits = config.num_bits or default_num_bits(split.channels)
+    bits = select_bits(means, num_bits, config.gamma, pool=config.bit_pool, generator=gen)
+    t_bits = time.perf_counter()
+
+    key_config = config.key if config.key.seed is not None else replace(
+        config.key, seed=int(torch.randint(0, 2**62, (1,), generator=gen)))
+    keygen = generate_key(model, gate, train.x, bits, normalization, key_config, progress=progress)
+    key = keygen.key
+    t_key = time.perf_counter()
+
+    fake = torch.randint(0, num_classes, (len(train),), generator=gen)
+    if split.cacheable:
+        runner = TailRunner(model, split, example)
+        inputs = torch.cat([_gate_batches(model, gate, train.x, key), _gate_batches(model, gate, train.x, None)])
+        val_keyed, val_plain = _gate_batches(model, gate, val.x, key), _gate_batches(model, gate, val.x, None)
+        forward = runner
+    else:
+        inputs = torch.cat([key.apply(train.x), train.x])
+        val_keyed, val_plain = key.apply(val.x), val.x
+        forward = model
+    labels = torch.cat([train.y, fake])
+    t_cache = time.perf_counter()
+
+    split.freeze_head(model)
+    params = split.tail_parameters(model)
+    opt = torch.optim.Adam(params, lr=config.tail_lr, weight_decay=config.weight_decay)
+    steps = (len(inputs) + config.tail_batch_size - 1) // config.tail_batch_size
+    milestones = sorted({max(1, round(f * config.tail_epochs * steps)) for f in config.lr_milestones})
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
+    history: list[dict[str, float]] = []
+    best: tuple[float, int, dict[str, torch.Tensor] | None, float, float] = (-2.0, 0, None, 0.0, 0.0)
+
+    def scores() -> tuple[float, float]:
+        model.eval()
+        with torch.no_grad():
+            legit = score_logits(torch.cat([forward(val_keyed[i : i + 1024]) for i in range(0, len(val_keyed), 1024)]), val.y)
+            plain = score_logits(torch.cat([forward(val_plain[i : i + 1024]) for i in range(0, len(val_plain), 1024)]), val.y)
+        return legit.accuracy, plain.accuracy
+
+    try:
+        with make_progress(progress) as bar:
+            task = bar.add_task("auth: tail", total=config.tail_epochs * steps, status="")
+            for epoch in range(1, config.tail_epochs + 1):
+                t0 = time.perf_counter()
+                split.set_train_mode(model)
+                order = torch.randperm(len(inputs), generator=gen)
+                total = 0.0
+                for i in range(0, len(inputs), config.tail_batch_size):
+                    index = order[i : i + config.tail_batch_size]
+                    loss = F.cross_entropy(forward(inputs[index]), labels[index])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    sched.step()
+                    total += float(loss.detach()) * len(index)
+                    bar.advance(task)
+                legit, plain = scores()
+                history.append({"epoch": epoch, "loss": total / len(inputs), "val_legit": legit,
+                                "val_unauthorized": plain, "seconds": time.perf_counter() - t0})
+                bar.update(task, status=f"legit {legit:.3f} plain {plain:.3f}")
+                if legit - plain > best[0]:
+                    best = (legit - plain, epoch, copy.deepcopy(model.state_dict()), legit, plain)
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    if best[2] is not None:
+        model.load_state_dict(best[2])
+    model.eval()
+    t_end = time.perf_counter()
+    key = key.bound_to(model)
+    timings = {"bits": t_bits - t_start, "key": t_key - t_bits, "cache": t_cache - t_key, "tail": t_end - t_cache,
+               "total": t_end - t_start}
+    return EmbedResult(model, key, bits, split, keygen.bit_change, keygen.other_change, best[3], best[4], best[1],
+                       history, timings)

@@ -1,0 +1,285 @@
+"""The gate: the intermediate module whose output carries the authentication bits, found by module name.
+
+Nothing is cut out of the network: the gate is observed (and, for tail training, replaced) with forward
+hooks on the unchanged model. The model is split into a *head* (every module that runs before the gate's
+output exists, the gate included) and a *tail* (every module that starts after it) by tracing one forward
+pass in execution order, so the split follows what the network does, not how its modules are nested.
+
+Default gates:
+
+* zoo models: LeNet-5 ``body.pool2`` (after the second conv block), small VGG ``body.block3`` (the third
+  pooling stage), ResNet-20 ``body.layer3``;
+* any other sequential-style CNN: the last module (in execution order) with a 4-D output whose spatial size
+  is larger than 1x1 and that is followed by a non-spatial module (typically the last pooling layer before
+  the classifier).
+
+A gate must be a cut point of the graph: the tail may only depend on the gate's output. Residual blocks
+that skip over the gate break this; :func:`trace_gate` flags the split as not *cacheable* then (tail
+training falls back to running the whole network every step).
+
+Example:
+    >>> import torch
+    >>> from modelshield.models import build_model
+    >>> model = build_model("lenet5", in_channels=1, image_size=8, num_classes=10)
+    >>> default_gate(model)
+    'body.pool2'
+    >>> split = trace_gate(model, "body.pool2", torch.rand(2, 1, 8, 8))
+    >>> split.gate_shape, split.tail[:2], split.cacheable
+    ((16, 2, 2), ('body.flatten', 'body.fc1'), True)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from modelshield.errors import ConfigError, did_you_mean
+
+__all__ = ["DEFAULT_GATES", "GateSplit", "TailRunner", "default_gate", "gate_output", "resolve_module", "trace_gate"]
+
+DEFAULT_GATES: dict[str, str] = {"LeNet5": "body.pool2", "SmallVGG": "body.block3", "ResNet20": "body.layer3"}
+
+
+class _GateReached(Exception):
+    """Raised by a hook to stop a forward pass as soon as the gate's output exists."""
+
+    def __init__(self, output: torch.Tensor) -> None:
+        super().__init__("gate reached")
+        self.output = output
+
+
+def resolve_module(model: nn.Module, name: str) -> nn.Module:
+    """Return the submodule called ``name`` (as in ``model.named_modules()``).
+
+    Raises:
+        ConfigError: no such module; the message suggests a close name.
+
+    Example:
+        >>> from modelshield.models import build_model
+        >>> type(resolve_module(build_model("lenet5", in_channels=1, image_size=8, num_classes=3), "body.conv2")).__name__
+        'Conv2d'
+    """
+    modules = dict(model.named_modules())
+    if not name or name not in modules:
+        names = [n for n in modules if n]
+        raise ConfigError(f"gate {name!r} is not a module of {type(model).__name__}{did_you_mean(name, names)}; "
+                          f"modules: {', '.join(names[:40])}{' ...' if len(names) > 40 else ''}")
+    return modules[name]
+
+
+def default_gate(model: nn.Module, example: torch.Tensor | None = None) -> str:
+    """The default gate of a model: the zoo table, else the last spatial stage before the classifier.
+
+    Args:
+        model: the network.
+        example: one input batch, needed only for models outside the zoo (to trace execution order).
+
+    Raises:
+        ConfigError: no spatial stage was found (e.g. an MLP) or ``example`` is missing for a custom model.
+    """
+    name = DEFAULT_GATES.get(type(model).__name__)
+    if name is not None and name in dict(model.named_modules()):
+        return name
+    if example is None:
+        raise ConfigError(f"{type(model).__name__} is not a zoo model: pass an example batch (or name the gate) "
+                          "so the default gate can be found by tracing")
+    order: list[tuple[str, tuple[int, ...]]] = []
+    hooks = []
+    for mod_name, module in model.named_modules():
+        if mod_name and not list(module.children()):
+            hooks.append(module.register_forward_hook(
+                lambda _m, _i, out, mod_name=mod_name: order.append((mod_name, tuple(out.shape)))
+                if isinstance(out, torch.Tensor) else None))
+    try:
+        with torch.no_grad():
+            was_training = model.training
+            model.eval()
+            model(example[:2])
+            model.train(was_training)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    best = None
+    for i, (mod_name, shape) in enumerate(order):
+        spatial = len(shape) == 4 and shape[2] * shape[3] > 1
+        nxt = order[i + 1][1] if i + 1 < len(order) else ()
+        if spatial and len(nxt) != 4:
+            best = mod_name
+    if best is None:
+        raise ConfigError(f"{type(model).__name__} has no spatial (4-D) stage followed by a classifier; name the gate explicitly")
+    return best
+
+
+@dataclass(frozen=True)
+class GateSplit:
+    """A model split at a gate, found by tracing one forward pass.
+
+    Attributes:
+        gate: the gate module's name.
+        gate_shape: shape of one sample's gate output (e.g. ``(C, H, W)``).
+        head: names of the modules that run before the gate's output exists (the gate included); frozen and
+            kept in eval mode during tail training.
+        tail: names of the modules that start after the gate's output exists; the only ones trained.
+        cacheable: True when the tail depends on nothing but the gate output, checked numerically, so gate
+            activations can be computed once and the tail trained on them.
+    """
+
+    gate: str
+    gate_shape: tuple[int, ...]
+    head: tuple[str, ...]
+    tail: tuple[str, ...]
+    cacheable: bool
+
+    @property
+    def channels(self) -> int:
+        """Number of gate channels (dimension 1 of the gate output)."""
+        return int(self.gate_shape[0])
+
+    def tail_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        """The parameters owned directly by tail modules."""
+        modules = dict(model.named_modules())
+        return [p for name in self.tail for p in modules[name].parameters(recurse=False)]
+
+    def freeze_head(self, model: nn.Module) -> None:
+        """Make only tail parameters trainable (``requires_grad``); everything else is frozen."""
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in self.tail_parameters(model):
+            p.requires_grad_(True)
+
+    def set_train_mode(self, model: nn.Module) -> None:
+        """Tail in train mode, head in eval mode (frozen BatchNorm statistics, no dropout before the gate)."""
+        model.train()
+        modules = dict(model.named_modules())
+        for name in self.head:
+            modules[name].eval()
+
+
+def trace_gate(model: nn.Module, gate: str, example: torch.Tensor) -> GateSplit:
+    """Split ``model`` at ``gate`` by tracing a forward pass on ``example`` (eval mode, no gradients).
+
+    Raises:
+        ConfigError: unknown gate, a gate that does not run, a module that runs both before and after the gate
+            (shared weights), or a module that wraps the gate and holds parameters of its own.
+    """
+    resolve_module(model, gate)
+    if example.shape[0] < 2:
+        raise ConfigError(f"trace_gate needs an example batch of at least 2 images, got {example.shape[0]}")
+    events: list[tuple[str, str]] = []
+    gate_out: list[torch.Tensor] = []
+    hooks = []
+    for name, module in model.named_modules():
+        hooks.append(module.register_forward_pre_hook(lambda _m, _i, name=name: events.append(("start", name))))
+
+        def _end(_m: nn.Module, _i: object, out: object, name: str = name) -> None:
+            events.append(("end", name))
+            if name == gate and isinstance(out, torch.Tensor):
+                gate_out.append(out)
+        hooks.append(module.register_forward_hook(_end))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            full = model(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    if not gate_out:
+        raise ConfigError(f"gate {gate!r} did not run (or did not return a tensor) in a forward pass of {type(model).__name__}")
+    if len(gate_out) > 1:
+        raise ConfigError(f"gate {gate!r} runs {len(gate_out)} times per forward pass; choose a module that runs once")
+    cut = events.index(("end", gate))
+    spans: dict[str, list[list[int]]] = {}
+    for i, (kind, name) in enumerate(events):
+        if kind == "start":
+            spans.setdefault(name, []).append([i, -1])
+        else:
+            open_spans = [s for s in spans[name] if s[1] < 0]
+            open_spans[-1][1] = i
+    head, tail = [], []
+    modules = dict(model.named_modules())
+    for name, runs in spans.items():
+        sides = {"head" if end <= cut else "tail" if start > cut else "wrap" for start, end in runs}
+        if len(sides) > 1:
+            raise ConfigError(f"module {name or '<root>'!r} runs both before and after gate {gate!r} (shared weights); "
+                              "choose a gate after its last use")
+        side = sides.pop()
+        if side == "head":
+            head.append(name)
+        elif side == "tail":
+            tail.append(name)
+        elif any(True for _ in modules[name].parameters(recurse=False)):
+            raise ConfigError(f"module {name or '<root>'!r} wraps gate {gate!r} and holds parameters of its own; "
+                              "choose a gate at its level")
+    split = GateSplit(gate, tuple(gate_out[0].shape[1:]), tuple(head), tuple(tail), cacheable=False)
+    if not tail:
+        raise ConfigError(f"gate {gate!r} leaves no tail to train: it is the last module of {type(model).__name__}")
+    if not split.tail_parameters(model):
+        raise ConfigError(f"the tail after gate {gate!r} has no parameters to train")
+    try:
+        with torch.no_grad():
+            again = TailRunner(model, split, example[:1])(gate_out[0])
+        cacheable = again.shape == full.shape and torch.allclose(again, full, rtol=1e-4, atol=1e-5 * (1 + float(full.abs().max())))
+    except RuntimeError:
+        cacheable = False
+    finally:
+        model.train(was_training)
+    return GateSplit(gate, split.gate_shape, split.head, split.tail, cacheable=cacheable)
+
+
+@contextlib.contextmanager
+def _hook(module: nn.Module, fn: object) -> Iterator[None]:
+    handle = module.register_forward_hook(fn)  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def gate_output(model: nn.Module, gate: str, x: torch.Tensor) -> torch.Tensor:
+    """The gate's output for an input batch; the forward pass stops at the gate (the tail never runs).
+
+    Gradients flow if ``x`` requires them. The model's train/eval mode is left as it is.
+
+    Example:
+        >>> import torch
+        >>> from modelshield.models import build_model
+        >>> model = build_model("lenet5", in_channels=1, image_size=8, num_classes=10).eval()
+        >>> tuple(gate_output(model, "body.pool2", torch.rand(3, 1, 8, 8)).shape)
+        (3, 16, 2, 2)
+    """
+    def stop(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
+        raise _GateReached(out)
+
+    with _hook(resolve_module(model, gate), stop):
+        try:
+            model(x)
+        except _GateReached as reached:
+            return reached.output
+    raise ConfigError(f"gate {gate!r} did not run in a forward pass of {type(model).__name__}")
+
+
+class TailRunner:
+    """Run only the tail of a model on given gate activations, using the unchanged model.
+
+    The model is called on a one-image placeholder; a hook replaces the gate's output with the given batch
+    of activations, so the head costs one image instead of a batch. Valid only for a cacheable split
+    (:attr:`GateSplit.cacheable`), where the tail depends on nothing else.
+    """
+
+    def __init__(self, model: nn.Module, split: GateSplit, placeholder: torch.Tensor) -> None:
+        self.model, self.split = model, split
+        self.placeholder = placeholder[:1].detach().clone()
+        self._gate = resolve_module(model, split.gate)
+
+    def __call__(self, activations: torch.Tensor) -> torch.Tensor:
+        def replace(_m: nn.Module, _i: object, _out: torch.Tensor) -> torch.Tensor:
+            return activations
+
+        with _hook(self._gate, replace):
+            return self.model(self.placeholder)

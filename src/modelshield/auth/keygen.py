@@ -1,0 +1,172 @@
+"""Key generation: optimise a mask and offset that switch the authentication bits on and nothing else.
+
+For each batch of (normalised) training images ``z`` the loss is::
+
+    MSE(|g(key(z)) - g(z)|, t)  (+ mask_l1 * mean(m))
+
+where ``g`` is the per-image, per-channel spatial mean of the gate activations and ``t`` holds
+``gamma * a_max`` at the bits and 0 elsewhere. The raw mask ``M`` and the offset ``P`` take signed-gradient
+steps (``eps_mask``, ``eps_offset``) and are clipped to [0, 0.5] and [-theta, theta] after every step.
+
+Decision (documented deviation from the released code): the target is *per image*. The released code sums
+``g`` over the batch, which turns the per-image target into ``gamma * a_max / batch`` and ties the key to
+the batch size; we average the squared error over images and channels instead, so ``t`` means the same
+thing for every batch size.
+
+The starting point is random (``M`` ~ U[0, 0.5], ``P`` ~ U[-theta, theta]) from the key's seed, which is
+drawn from the operating system's CSPRNG unless given: two keys generated independently differ.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from modelshield.auth.bits import AuthBits, gate_channel_mean
+from modelshield.auth.gate import gate_output
+from modelshield.auth.key import DEFAULT_THETA, MASK_MAX, AuthKey, mask_from_raw
+from modelshield.data.types import Normalization
+from modelshield.errors import ConfigError
+from modelshield.training import make_progress
+
+__all__ = ["KeyGenConfig", "KeyGenResult", "generate_key", "key_effect"]
+
+
+@dataclass(frozen=True)
+class KeyGenConfig:
+    """Hyperparameters of key generation (defaults: the released VGG13 key's settings, more epochs).
+
+    Attributes:
+        epochs: passes over the images (``E_key``).
+        batch_size: images per step.
+        eps_mask: signed-gradient step on the raw mask ``M``.
+        eps_offset: signed-gradient step on the offset ``P``.
+        theta: bound on the offset.
+        mask_l1: weight of the optional ``mean(m)`` penalty (smaller masks).
+        seed: seed of the random start; None draws one from the OS CSPRNG (use None for real keys).
+    """
+
+    epochs: int = 3
+    batch_size: int = 256
+    eps_mask: float = 0.01
+    eps_offset: float = 0.003
+    theta: float = DEFAULT_THETA
+    mask_l1: float = 0.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError(f"key generation needs epochs >= 1 and batch_size >= 1, got {self.epochs}, {self.batch_size}")
+        if not (self.eps_mask > 0 and self.eps_offset > 0):
+            raise ConfigError(f"eps_mask and eps_offset must be > 0, got {self.eps_mask}, {self.eps_offset}")
+        if not 0 < self.theta <= 10:
+            raise ConfigError(f"theta must be in (0, 10], got {self.theta}")
+        if self.mask_l1 < 0:
+            raise ConfigError(f"mask_l1 must be >= 0, got {self.mask_l1}")
+
+
+@dataclass(frozen=True)
+class KeyGenResult:
+    """A generated key and how well it does its job.
+
+    Attributes:
+        key: the key (not yet bound to a model fingerprint).
+        bit_change: mean change of the bit channels' ``g`` on the generation data (target ``bits.target``).
+        other_change: mean absolute change of the other channels' ``g``.
+        mask_mean: mean of the effective mask ``m``.
+        history: per-epoch mean loss.
+        seconds: wall time.
+    """
+
+    key: AuthKey
+    bit_change: float
+    other_change: float
+    mask_mean: float
+    history: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _keyed_raw(z: torch.Tensor, mask_raw: torch.Tensor, offset: torch.Tensor, norm: Normalization) -> torch.Tensor:
+    m = mask_from_raw(mask_raw)
+    return norm.invert((1 - m) * z + m * offset)
+
+
+def generate_key(model: nn.Module, gate: str, x: torch.Tensor, bits: AuthBits, normalization: Normalization,
+                 config: KeyGenConfig | None = None, *, progress: bool = False) -> KeyGenResult:
+    """Optimise an :class:`AuthKey` that raises ``bits`` at ``gate`` by their target and leaves the rest.
+
+    Args:
+        model: the (trained) model; put in eval mode, its weights are not changed.
+        gate: gate module name.
+        x: raw training images (N, C, H, W).
+        bits: the authentication bits and targets.
+        normalization: the model's input statistics (the key lives in normalised space).
+        config: hyperparameters.
+        progress: show a progress bar.
+    """
+    config = config or KeyGenConfig()
+    if x.dim() != 4 or len(x) == 0:
+        raise ConfigError(f"key generation needs a non-empty NCHW batch, got shape {tuple(x.shape)}")
+    start = time.perf_counter()
+    seed = config.seed if config.seed is not None else secrets.randbits(63)
+    gen = torch.Generator().manual_seed(seed)
+    c, h, w = x.shape[1:]
+    mask_raw = (torch.rand(1, h, w, generator=gen) * MASK_MAX).requires_grad_(True)
+    offset = ((torch.rand(c, h, w, generator=gen) * 2 - 1) * config.theta).requires_grad_(True)
+    target = bits.target_vector()
+    model.eval()
+    params = [p for p in model.parameters()]
+    saved_flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    history: list[float] = []
+    try:
+        steps = (len(x) + config.batch_size - 1) // config.batch_size
+        with make_progress(progress) as bar:
+            task = bar.add_task("auth: key", total=config.epochs * steps, status="")
+            for _epoch in range(config.epochs):
+                order = torch.randperm(len(x), generator=gen)
+                total = 0.0
+                for i in range(0, len(x), config.batch_size):
+                    batch = x[order[i : i + config.batch_size]]
+                    z = normalization.apply(batch)
+                    with torch.no_grad():
+                        g0 = gate_channel_mean(gate_output(model, gate, batch))
+                    g1 = gate_channel_mean(gate_output(model, gate, _keyed_raw(z, mask_raw, offset, normalization)))
+                    loss = (g1 - g0 - target).pow(2).mean()
+                    if config.mask_l1:
+                        loss = loss + config.mask_l1 * mask_from_raw(mask_raw).mean()
+                    grad_m, grad_p = torch.autograd.grad(loss, [mask_raw, offset])
+                    with torch.no_grad():
+                        mask_raw.sub_(config.eps_mask * grad_m.sign()).clamp_(0.0, MASK_MAX)
+                        offset.sub_(config.eps_offset * grad_p.sign()).clamp_(-config.theta, config.theta)
+                    total += float(loss.detach()) * len(batch)
+                    bar.advance(task)
+                history.append(total / len(x))
+                bar.update(task, status=f"loss {history[-1]:.4f}")
+    finally:
+        for p, flag in zip(params, saved_flags):
+            p.requires_grad_(flag)
+    key = AuthKey(mask_raw.detach(), offset.detach(), normalization, gate, bits=bits.channels, theta=config.theta)
+    bit_change, other_change = key_effect(model, key, x[: min(len(x), 2048)], bits)
+    return KeyGenResult(key, bit_change, other_change, float(key.mask.mean()), history, time.perf_counter() - start)
+
+
+@torch.no_grad()
+def key_effect(model: nn.Module, key: AuthKey, x: torch.Tensor, bits: AuthBits, batch_size: int = 512) -> tuple[float, float]:
+    """(mean change of the bit channels, mean absolute change of the other channels) of ``g`` under ``key``."""
+    model.eval()
+    diffs = []
+    for i in range(0, len(x), batch_size):
+        batch = x[i : i + batch_size]
+        diffs.append(gate_channel_mean(gate_output(model, key.gate, key.apply(batch)))
+                     - gate_channel_mean(gate_output(model, key.gate, batch)))
+    d = torch.cat(diffs)
+    on = torch.zeros(d.shape[1], dtype=torch.bool)
+    on[list(bits.channels)] = True
+    other = float(d[:, ~on].abs().mean()) if (~on).any() else 0.0
+    return float(d[:, on].mean()), other

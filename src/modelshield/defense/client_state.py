@@ -1,0 +1,127 @@
+"""QUEEN's state for one client, and its byte encoding (JSON header + raw little-endian arrays, never pickle).
+
+Layout: ``b"MSQS"``, a 4-byte little-endian header length, a UTF-8 JSON header
+``{"version": 1, "num_classes": K, "queries": n, "arrays": {name: {"dtype", "shape", "offset"}}}``, then
+the arrays' bytes. Arrays: ``coverage`` (K,) float64, ``counts`` (K,) int64 (recorded points per class),
+``points`` (sum(counts), 2) float32 (the recorded 2-D points, class by class), ``reversed`` (K,) int64
+(answers reversed so far). Decoding validates every field against the expected dtypes, shapes and sizes.
+
+Example:
+    >>> import numpy as np
+    >>> s = QueenClientState.empty(3)
+    >>> s.points[1] = np.array([[0.5, 0.25]], dtype=np.float32); s.coverage[1] = 0.01
+    >>> t = QueenClientState.from_bytes(s.to_bytes())
+    >>> t.points[1].tolist(), t.coverage.tolist(), [len(p) for p in t.points]
+    ([[0.5, 0.25]], [0.0, 0.01, 0.0], [0, 1, 0])
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from modelshield.errors import FormatError
+
+__all__ = ["QueenClientState"]
+
+_MAGIC = b"MSQS"
+_VERSION = 1
+_MAX_HEADER = 1 << 16
+_DTYPES = {"coverage": "<f8", "counts": "<i8", "points": "<f4", "reversed": "<i8"}
+
+
+@dataclass
+class QueenClientState:
+    """Coverage, recorded points and counters of one client.
+
+    Attributes:
+        coverage: CQS per class (fraction of the sensitive region covered).
+        points: per class, the recorded 2-D points (n_c, 2) float32.
+        reversed: per class, how many answers were reversed.
+        queries: total queries answered.
+    """
+
+    coverage: np.ndarray
+    points: list[np.ndarray]
+    reversed: np.ndarray
+    queries: int = 0
+
+    @classmethod
+    def empty(cls, num_classes: int) -> QueenClientState:
+        """The state of a client never seen."""
+        return cls(np.zeros(num_classes), [np.zeros((0, 2), np.float32) for _ in range(num_classes)],
+                   np.zeros(num_classes, np.int64))
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return int(self.coverage.shape[0])
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Recorded points per class."""
+        return np.array([len(p) for p in self.points], dtype=np.int64)
+
+    def to_bytes(self) -> bytes:
+        """Encode (see the module docstring)."""
+        arrays = {
+            "coverage": np.ascontiguousarray(self.coverage, dtype=_DTYPES["coverage"]),
+            "counts": np.ascontiguousarray(self.counts, dtype=_DTYPES["counts"]),
+            "points": np.ascontiguousarray(np.concatenate(self.points).reshape(-1, 2), dtype=_DTYPES["points"]),
+            "reversed": np.ascontiguousarray(self.reversed, dtype=_DTYPES["reversed"]),
+        }
+        meta, blobs, offset = {}, [], 0
+        for name, arr in arrays.items():
+            meta[name] = {"dtype": _DTYPES[name], "shape": list(arr.shape), "offset": offset}
+            blobs.append(arr.tobytes())
+            offset += arr.nbytes
+        header = json.dumps({"version": _VERSION, "num_classes": self.num_classes, "queries": int(self.queries),
+                             "arrays": meta}, sort_keys=True).encode()
+        return _MAGIC + struct.pack("<I", len(header)) + header + b"".join(blobs)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, num_classes: int | None = None) -> QueenClientState:
+        """Decode and validate; ``num_classes`` (if given) must match.
+
+        Raises:
+            FormatError: wrong magic or version, malformed header, or arrays that do not fit.
+        """
+        if len(data) < 8 or data[:4] != _MAGIC:
+            raise FormatError("QUEEN client state: bad magic (expected b'MSQS')")
+        (hlen,) = struct.unpack("<I", data[4:8])
+        if hlen > _MAX_HEADER or 8 + hlen > len(data):
+            raise FormatError(f"QUEEN client state: header length {hlen} does not fit in {len(data)} bytes")
+        try:
+            header = json.loads(data[8 : 8 + hlen].decode())
+            k, queries, arrays = int(header["num_classes"]), int(header["queries"]), header["arrays"]
+            version = header["version"]
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            raise FormatError(f"QUEEN client state: malformed header ({exc})") from None
+        if version != _VERSION:
+            raise FormatError(f"QUEEN client state: version {version!r} not supported (expected {_VERSION})")
+        if num_classes is not None and k != num_classes:
+            raise FormatError(f"QUEEN client state: {k} classes, expected {num_classes}")
+        body = memoryview(data)[8 + hlen :]
+        out: dict[str, np.ndarray] = {}
+        for name, dtype in _DTYPES.items():
+            spec = arrays.get(name) if isinstance(arrays, dict) else None
+            if not isinstance(spec, dict) or spec.get("dtype") != dtype:
+                raise FormatError(f"QUEEN client state: array {name!r} missing or not {dtype}")
+            shape, offset = spec.get("shape"), spec.get("offset")
+            if not (isinstance(shape, list) and all(isinstance(s, int) and s >= 0 for s in shape) and isinstance(offset, int)):
+                raise FormatError(f"QUEEN client state: array {name!r} has a bad shape or offset")
+            nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+            if offset < 0 or offset + nbytes > len(body):
+                raise FormatError(f"QUEEN client state: array {name!r} ({nbytes} bytes at {offset}) overruns the data")
+            out[name] = np.frombuffer(body[offset : offset + nbytes], dtype=dtype).reshape(shape).copy()
+        counts = out["counts"]
+        if out["coverage"].shape != (k,) or counts.shape != (k,) or out["reversed"].shape != (k,):
+            raise FormatError(f"QUEEN client state: per-class arrays must have shape ({k},)")
+        if (counts < 0).any() or out["points"].shape != (int(counts.sum()), 2):
+            raise FormatError(f"QUEEN client state: points {out['points'].shape} do not match counts {counts.tolist()}")
+        bounds = np.concatenate([[0], np.cumsum(counts)])
+        points = [out["points"][bounds[i] : bounds[i + 1]] for i in range(k)]
+        return cls(out["coverage"].astype(np.float64), points, out["reversed"].astype(np.int64), queries)

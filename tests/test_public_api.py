@@ -1,0 +1,17 @@
+import modelshield
+
+EXPECTED = {
+    "BudgetExceeded", "Checkpoint", "CheckpointMeta", "ConfigError", "DatasetBundle", "DatasetInfo", "DatasetNotFound",
+    "EvalResult", "FormatError", "IntegrityError", "ModelShieldError", "Normalization", "SecretKey", "TensorData",
+    "TrainConfig", "TrainResult", "__version__", "build_model", "evaluate", "load_checkpoint", "load_dataset",
+    "load_secret_key", "make_synthetic", "save_checkpoint", "seed_everything", "state_dict_fingerprint", "train_model",
+}
+
+
+def test_all_is_pinned() -> None:
+    assert set(modelshield.__all__) == EXPECTED
+
+
+def test_every_public_name_resolves() -> None:
+    for name in modelshield.__all__:
+        assert getattr(modelshield, name) is not None
