@@ -5,6 +5,8 @@ EXPECTED = {
     "EvalResult", "FormatError", "IntegrityError", "ModelShieldError", "Normalization", "SecretKey", "TensorData",
     "TrainConfig", "TrainResult", "__version__", "build_model", "evaluate", "load_checkpoint", "load_dataset",
     "load_secret_key", "make_synthetic", "save_checkpoint", "seed_everything", "state_dict_fingerprint", "train_model",
+    # Deep-Lock
+    "LockConfig", "LockedModel", "Passphrase", "lock_model", "lock_state_dict", "unlock_model", "unlock_state_dict",
 }
 
 

@@ -22,6 +22,7 @@ from modelshield.errors import (
     ModelShieldError,
 )
 from modelshield.keys import SecretKey, load_secret_key
+from modelshield.lock import LockConfig, LockedModel, Passphrase, lock_model, lock_state_dict, unlock_model, unlock_state_dict
 from modelshield.models import (
     Checkpoint,
     CheckpointMeta,
@@ -43,8 +44,11 @@ __all__ = [
     "EvalResult",
     "FormatError",
     "IntegrityError",
+    "LockConfig",
+    "LockedModel",
     "ModelShieldError",
     "Normalization",
+    "Passphrase",
     "SecretKey",
     "TensorData",
     "TrainConfig",
@@ -55,9 +59,13 @@ __all__ = [
     "load_checkpoint",
     "load_dataset",
     "load_secret_key",
+    "lock_model",
+    "lock_state_dict",
     "make_synthetic",
     "save_checkpoint",
     "seed_everything",
     "state_dict_fingerprint",
     "train_model",
+    "unlock_model",
+    "unlock_state_dict",
 ]

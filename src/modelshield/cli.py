@@ -22,7 +22,9 @@ from modelshield.errors import ConfigError, ModelShieldError
 __all__ = ["FEATURE_COMMANDS", "add_data_args", "add_key_args", "add_output_args", "build_parser", "main"]
 
 # modules with register(subparsers): one line per feature
-FEATURE_COMMANDS: tuple[str, ...] = ()
+FEATURE_COMMANDS: tuple[str, ...] = (
+    "modelshield.lock.commands",
+)
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -110,9 +112,12 @@ def check_input_shape(expected: tuple[int, int, int], got: tuple[int, int, int],
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from modelshield.data import load_dataset
+    from modelshield.lock.commands import evaluate_locked_file, is_locked_file
     from modelshield.models import load_checkpoint
     from modelshield.training import evaluate
 
+    if is_locked_file(args.checkpoint):  # a Deep-Lock file: with its key, or as-is
+        return evaluate_locked_file(args)
     checkpoint = load_checkpoint(args.checkpoint)
     dataset = args.dataset or checkpoint.meta.dataset
     bundle = load_dataset(dataset, args.data_root)
@@ -193,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(p, dataset_default=None)
     p.add_argument("--split", default="test", choices=("train", "val", "attacker", "test"))
     add_output_args(p)
+    importlib.import_module("modelshield.lock.commands").add_locked_evaluate_args(p)
     p.set_defaults(handler=_cmd_evaluate)
 
     p = sub.add_parser("keygen", help="write a new random 256-bit secret key file (mode 0600)", formatter_class=_Formatter,
