@@ -225,9 +225,16 @@ class LockedModel:
     # -- unlocking -----------------------------------------------------------------------------
     def unlock(self, key: LockKey, *, verify: bool = True) -> dict[str, torch.Tensor]:
         """Check the MAC and return the original tensors (see :func:`unlock_state_dict`)."""
+        return self.unlock_with_master_key(_master_key(key, self.header.kdf, self.source), verify=verify)
+
+    def unlock_with_master_key(self, master: bytes, *, verify: bool = True) -> dict[str, torch.Tensor]:
+        """Unlock with the 32 raw master-key bytes (after any passphrase KDF): for attacks and tests.
+
+        Raises:
+            IntegrityError: ``verify`` and the MAC does not match.
+        """
         _require_little_endian()
         h = self.header
-        master = _master_key(key, h.kdf, self.source)
         mac = hmac.new(mac_key(master, h.nonce), digestmod="sha256") if verify else None
         if mac is not None:
             _mac_prefix(mac, encode_prefix(len(self._header_bytes)), self._header_bytes)
