@@ -12,6 +12,7 @@ __all__ = ["SUITES", "load_suite"]
 # suite name -> module with run(ctx) -> SuiteReport (imported lazily: suites pull in heavy code)
 SUITES: dict[str, str] = {
     "train": "modelshield.bench.train_suite",
+    "lock": "modelshield.bench.lock_suite",
 }
 
 

@@ -33,6 +33,21 @@ THREAD_MIN_BYTES = 1 << 20
 U8 = npt.NDArray[np.uint8]
 
 
+def _cipher_accepts_exact_output() -> bool:
+    """Whether ``update_into`` takes an output buffer exactly as long as the input (cryptography >= 43)."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    encryptor = Cipher(algorithms.AES(bytes(32)), modes.CTR(bytes(16))).encryptor()
+    try:
+        encryptor.update_into(bytes(5), bytearray(5))
+    except ValueError:
+        return False
+    return True
+
+
+_EXACT_OUTPUT = _cipher_accepts_exact_output()
+
+
 class _Scratch:
     def __init__(self) -> None:
         # +16: room for a cipher that wants len(data) + block_size - 1 bytes of output.
@@ -144,11 +159,15 @@ def unlock_payload(entries: Sequence[TensorEntry], payload: U8, outputs: Sequenc
                 output[start : start + n] = src
                 continue
             current = src
-            for keystream in reversed(keystreams):
+            for r in range(len(keystreams) - 1, -1, -1):
                 sub_bytes_into(current, scratch.sub[:n], inverse=True)
-                keystream.xor_into(memoryview(scratch.sub[:n]), scratch.xor_view, at)
+                if r == 0 and _EXACT_OUTPUT:  # the last XOR writes straight into the tensor
+                    keystreams[0].xor_into(memoryview(scratch.sub[:n]), memoryview(output[start : start + n]), at)
+                    break
+                keystreams[r].xor_into(memoryview(scratch.sub[:n]), scratch.xor_view, at)
                 current = scratch.xor[:n]
-            output[start : start + n] = current
+            else:
+                output[start : start + n] = current
         cursor = entry.offset + entry.nbytes
     return (feeder.digest() if feeder is not None else None), gaps_zero
 

@@ -115,7 +115,8 @@ def sub_bytes_into(src: npt.NDArray[np.uint8], out: npt.NDArray[np.uint8], *, in
     even = n & ~1
     if even:
         table16 = INV_SBOX16 if inverse else SBOX16
-        np.take(table16, src[:even].view(np.uint16), out=out[:even].view(np.uint16))
+        # mode="clip": every uint16 index is in range anyway, and unlike mode="raise" it does not buffer ``out``
+        np.take(table16, src[:even].view(np.uint16), out=out[:even].view(np.uint16), mode="clip")
     if n & 1:
         table = INV_SBOX if inverse else SBOX
         out[n - 1] = table[src[n - 1]]
