@@ -25,7 +25,9 @@ from modelshield.training import TrainConfig, evaluate, seed_everything, train_m
 __all__ = ["DEMO_STAGES", "DemoContext", "run_demo"]
 
 # "module:function" of each protection's demo stage, run in this order
-DEMO_STAGES: tuple[str, ...] = ()
+DEMO_STAGES: tuple[str, ...] = (
+    "modelshield.lock.demo:stage",
+)
 
 DEMO_TRAIN = TrainConfig(epochs=30, batch_size=64, lr=3e-3, schedule="cosine")
 
