@@ -145,7 +145,7 @@ def _known_plaintext(ctx: BenchContext, checkpoint: Checkpoint, dataset: str, sc
 
     model, meta = checkpoint.model, checkpoint.meta
     truth = model.state_dict()
-    layer = next(name for name, t in truth.items() if t.is_floating_point() and t.dim() == 4)  # first conv weight
+    layer = next(name for name, t in truth.items() if "conv" in name and name.endswith(".weight") and t.dim() == 4)
     known = {layer: truth[layer] if amount == "layer" else truth[layer].reshape(-1)[:8]}
     locked = lock_model(model, _bench_key("master", ctx.seed), LockConfig(scheme), meta=meta)
     start = time.perf_counter()

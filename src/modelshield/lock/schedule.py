@@ -62,7 +62,10 @@ class Keystream(Protocol):
     """Round key material, addressed by payload offset."""
 
     def xor_into(self, src: memoryview, dst: memoryview, offset: int) -> None:
-        """Write ``src XOR K[offset : offset + len(src)]`` into ``dst`` (``len(dst) >= len(src) + 15``)."""
+        """Write ``src XOR K[offset : offset + len(src)]`` into ``dst``.
+
+        ``dst`` needs ``len(src) + 15`` bytes with a ``cryptography`` older than 43, ``len(src)`` otherwise.
+        """
 
 
 class CtrKeystream:
