@@ -281,7 +281,7 @@ class LockedModel:
 
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview, source: str = "<bytes>") -> LockedModel:
-        """Parse a file image held in memory (validated as :meth:`load` does).
+        """Parse a file image held in memory (validated as :meth:`load` does); the payload is a view of ``data``.
 
         Raises:
             FormatError: not a locked file, unsupported version, malformed header, wrong size.
@@ -298,9 +298,7 @@ class LockedModel:
             raise FormatError(f"{source}: truncated or extended file: header says {expected} bytes, file has {len(view)}")
         if any(view[PREFIX.size + header_len : start]):
             raise FormatError(f"{source}: header padding is not zero")
-        payload = np.frombuffer(view, dtype=np.uint8, count=header.payload_bytes, offset=start)
-        if not payload.flags.writeable:
-            payload = payload.copy()
+        payload = np.frombuffer(view, dtype=np.uint8, count=header.payload_bytes, offset=start)  # read-only view, no copy
         tag = bytes(view[start + header.payload_bytes :])
         return cls(header, header_bytes, payload, tag, source)
 
