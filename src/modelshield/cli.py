@@ -24,6 +24,8 @@ __all__ = ["FEATURE_COMMANDS", "add_data_args", "add_key_args", "add_output_args
 # modules with register(subparsers): one line per feature
 FEATURE_COMMANDS: tuple[str, ...] = (
     "modelshield.lock.commands",
+    "modelshield.defense.cli",
+    "modelshield.attacks.extraction.cli",
 )
 
 

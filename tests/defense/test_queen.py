@@ -203,3 +203,29 @@ def test_queen_config_validation(tiny, artifacts) -> None:  # type: ignore[no-un
             QueenConfig(**kwargs)
     with pytest.raises(ConfigError, match="shadow models"):
         QueenDefense.for_model(model, artifacts, QueenConfig(shadows_per_answer=99))
+
+
+def test_stacked_shadows_equal_the_per_model_loop(tiny, artifacts) -> None:  # type: ignore[no-untyped-def]
+    model, _, held = tiny
+    config = QueenConfig(shadows_per_answer=3, seed=5)
+    fast, slow = QueenDefense.for_model(model, artifacts, config), QueenDefense.for_model(model, artifacts, config)
+    assert fast._stacked is not None
+    slow._stacked = None
+    assert torch.allclose(fast._shadow_mean(held.x), slow._shadow_mean(held.x), atol=1e-6)
+
+
+def test_perturb_matches_moving_the_features_explicitly(tiny, artifacts) -> None:  # type: ignore[no-untyped-def]
+    model, _, held = tiny
+    split = FeatureSplit(model)
+    phi, logits = split(held.x)
+    labels = logits.argmax(1)
+    out = perturb_probabilities(phi, labels, artifacts.class_centres, split.head, 0.05, 20)
+    far = artifacts.class_centres[torch.cdist(phi, artifacts.class_centres).argmax(1)]
+    direction = F.normalize(far - phi, dim=1)
+    expected = []
+    for i in range(len(phi)):  # the literal loop: step until the label would change
+        k = 0
+        while k < 20 and split.head(phi[i] + 0.05 * (k + 1) * direction[i]).argmax() == labels[i]:
+            k += 1
+        expected.append(torch.softmax(split.head(phi[i] + 0.05 * k * direction[i]), 0))
+    assert torch.allclose(out, torch.stack(expected), atol=1e-5)

@@ -13,6 +13,7 @@ __all__ = ["SUITES", "load_suite"]
 SUITES: dict[str, str] = {
     "train": "modelshield.bench.train_suite",
     "lock": "modelshield.bench.lock_suite",
+    "extraction": "modelshield.bench.extraction_suite",
 }
 
 

@@ -16,6 +16,7 @@ from modelshield.defense.baselines import (
 )
 from modelshield.defense.client_state import QueenClientState
 from modelshield.defense.features import FeatureSplit
+from modelshield.defense.metrics import BenignReport, benign_report
 from modelshield.defense.protected import ProtectedModel
 from modelshield.defense.queen import QueenConfig, QueenDefense
 from modelshield.defense.queen_artifacts import QueenArtifacts, load_queen_artifacts
@@ -25,6 +26,7 @@ from modelshield.defense.store import ClientStateStore, InMemoryStateStore, SQLi
 
 __all__ = [
     "DEFENSE_NAMES",
+    "BenignReport",
     "ClientStateStore",
     "Defense",
     "FeatureSplit",
@@ -41,6 +43,7 @@ __all__ = [
     "RoundingDefense",
     "SQLiteStateStore",
     "TopOneDefense",
+    "benign_report",
     "build_defense",
     "fit_queen",
     "load_queen_artifacts",

@@ -44,6 +44,7 @@ from modelshield.defense.base import Defense
 from modelshield.defense.client_state import QueenClientState
 from modelshield.defense.features import FeatureSplit
 from modelshield.defense.queen_artifacts import QueenArtifacts
+from modelshield.defense.shadow import SoftmaxRegression
 from modelshield.defense.store import ClientStateStore, InMemoryStateStore
 from modelshield.errors import ConfigError
 from modelshield.models.checkpoint import state_dict_fingerprint
@@ -182,8 +183,9 @@ def perturb_probabilities(features: torch.Tensor, labels: torch.Tensor, class_ce
     target = class_centres[dist.argmax(dim=1)]
     direction = torch.nn.functional.normalize(target - features, dim=1)
     scales = torch.arange(steps + 1, dtype=features.dtype) * step
-    moved = features[None] + scales[:, None, None] * direction[None]
-    logits = head(moved)  # (steps + 1, n, K)
+    # h is affine: h(phi + s * dir) = h(phi) + s * (W dir), so the (steps + 1) candidates cost two small matmuls
+    base, slope = head(features), direction @ head.weight.T
+    logits = base[None] + scales[:, None, None] * slope[None]  # (steps + 1, n, K)
     keeps = (logits.argmax(dim=2) == labels[None]).long().cumprod(dim=0)
     last = (keeps.sum(dim=0) - 1).clamp_min(0)
     chosen = logits[last, torch.arange(features.shape[0])]
@@ -237,6 +239,7 @@ class QueenDefense(Defense):
         self.namespace = namespace or f"queen:{artifacts.model_fingerprint[:16]}"
         self._generator = torch.Generator().manual_seed(self.config.seed)
         self._lock = threading.Lock()
+        self._stacked = self._stack_shadows()
 
     @classmethod
     def for_model(cls, model: nn.Module, artifacts: QueenArtifacts, config: QueenConfig | None = None, *,
@@ -269,8 +272,13 @@ class QueenDefense(Defense):
         return {"name": self.name, **asdict(self.config), "shadows": len(self.artifacts.shadows),
                 "shadow_architecture": self.artifacts.shadow_architecture}
 
-    @torch.no_grad()
     def answer(self, x: torch.Tensor, logits: torch.Tensor, features: torch.Tensor, client_id: str) -> torch.Tensor:
+        return self.answer_with_decisions(x, logits, features, client_id)[0]
+
+    @torch.no_grad()
+    def answer_with_decisions(self, x: torch.Tensor, logits: torch.Tensor, features: torch.Tensor,
+                              client_id: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like :meth:`answer`, also returning the (N,) bool mask of the answers that were reversed."""
         cfg, art = self.config, self.artifacts
         features = features.float()
         p = torch.softmax(logits.float(), dim=1)
@@ -296,15 +304,29 @@ class QueenDefense(Defense):
         if reverse.any():
             rows = torch.nonzero(reverse).flatten()
             out[rows] = reverse_probabilities(p[rows], self._shadow_mean(x[rows]))
-        return out
+        return out, reverse
 
     def _shadow_mean(self, x: torch.Tensor) -> torch.Tensor:
         shadows = self.artifacts.shadows
         with self._lock:
             pick = torch.rand(x.shape[0], len(shadows), generator=self._generator).argsort(dim=1)[:, : self.config.shadows_per_answer]
         chosen = torch.zeros(x.shape[0], len(shadows)).scatter_(1, pick, 1.0)  # (n, N_s) 0/1
-        used = torch.nonzero(chosen.any(dim=0)).flatten().tolist()
+        if self._stacked is not None:  # softmax-regression shadows: all of them in one matmul
+            normalize, weight, bias = self._stacked
+            logits = torch.einsum("nd,skd->nsk", normalize(x).flatten(1), weight) + bias  # (n, N_s, K)
+            return (chosen[:, :, None] * torch.softmax(logits, dim=2)).sum(dim=1) / self.config.shadows_per_answer
         q = torch.zeros(x.shape[0], self.artifacts.num_classes)
-        for j in used:  # a loop over the few shadow models, each on the whole sub-batch
+        for j in torch.nonzero(chosen.any(dim=0)).flatten().tolist():  # a loop over the few shadow models
             q += chosen[:, j : j + 1] * torch.softmax(shadows[j](x), dim=1)
         return q / self.config.shadows_per_answer
+
+    def _stack_shadows(self) -> tuple[nn.Module, torch.Tensor, torch.Tensor] | None:
+        shadows = self.artifacts.shadows
+        if not all(isinstance(s, SoftmaxRegression) for s in shadows):
+            return None
+        first = shadows[0].normalize  # type: ignore[union-attr]
+        if not all(torch.equal(s.normalize.mean, first.mean) and torch.equal(s.normalize.std, first.std) for s in shadows):  # type: ignore[union-attr]
+            return None
+        weight = torch.stack([s.linear.weight.detach() for s in shadows])  # type: ignore[union-attr]
+        bias = torch.stack([s.linear.bias.detach() for s in shadows])  # type: ignore[union-attr]
+        return first, weight, bias

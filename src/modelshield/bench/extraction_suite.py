@@ -1,0 +1,335 @@
+"""Suite ``extraction``: KnockoffNets (soft and hard labels) and JBDA-TR against every shipped defense.
+
+Victim: the ``train`` suite's LeNet-5 on MNIST (shared through ``bench/cache/models``). For each defense and
+query pool (the victim dataset's ``attacker`` split; Fashion-MNIST as surrogate), one attacker collects a
+transcript of the largest budget as one client; the attacker with a smaller budget B is the first B queries
+of it (the random KnockoffNets order is a prefix; JBDA-TR's rounds are identical up to B, its last round
+truncated). The hard-label transcript is the top-1 one-hot of the same answers (the defense cannot tell the
+output modes apart, so its state evolves identically). A fresh pirate (LeNet-5, soft cross-entropy) is
+trained per (transcript, budget) and scored on the MNIST test set: accuracy and fidelity (agreement with the
+victim). Identical transcripts (e.g. hard labels of argmax-preserving defenses) share one pirate.
+
+Benign cost per defense: the test set queried by fresh clients of ``BENIGN_QUERIES`` queries each (accuracy,
+mean L1 distortion of the answers), and, as a stress case, by one client sending all 10,000 queries (which
+QUEEN cannot tell apart from a 10k-query extraction). Overhead: answering a batch of 256 with QUEEN
+against the undefended forward pass, median of repeated interleaved timings in this run.
+
+QUEEN's settings were chosen on the victim's validation split and attacker-like transcripts (pirates scored on
+``val``), never on the test set; see ``QUEEN_ONLINE`` for the values and the README for the reasoning.
+Every cell is cached (``ctx.cell``), so an interrupted run resumes; ``--quick`` uses the quick victim, budgets
+1k/5k, the in-distribution pool (plus the surrogate pool for soft-label KnockoffNets) and shorter pirates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+import time
+from dataclasses import asdict
+from typing import Any
+
+import torch
+
+from modelshield.attacks.extraction import PirateConfig, Transcript, build_attack, query_pool, score_transcript
+from modelshield.bench.harness import BenchContext, SuiteReport, markdown_table
+from modelshield.bench.train_suite import victim as train_victim
+from modelshield.data import DatasetBundle
+from modelshield.defense import (
+    Defense,
+    InMemoryStateStore,
+    NoDefense,
+    ProtectedModel,
+    QueenArtifacts,
+    QueenConfig,
+    QueenDefense,
+    QueenFitConfig,
+    SQLiteStateStore,
+    benign_report,
+    build_defense,
+    fit_queen,
+    load_queen_artifacts,
+)
+from modelshield.errors import FormatError
+from modelshield.models.checkpoint import state_dict_fingerprint
+from modelshield.oracle import ModelOracle
+
+__all__ = ["QUEEN_FIT", "QUEEN_ONLINE", "run"]
+
+DATASET = "mnist"
+DEFENSES = ("none", "top1", "rounding", "reverse-sigmoid", "gaussian", "queen")
+SERIES = (("knockoff", "soft"), ("knockoff", "hard"), ("jbda-tr", "soft"))
+POOLS = ("attacker", "surrogate")
+BUDGETS, QUICK_BUDGETS = (1000, 5000, 10000, 20000), (1000, 5000)
+BENIGN_QUERIES = 100
+QUEEN_FIT = QueenFitConfig(mapping_epochs=20, num_shadows=10, shadow_samples=1000, seed=0)
+QUEEN_FIT_QUICK = QueenFitConfig(mapping_epochs=8, num_shadows=10, shadow_samples=1000, seed=0)
+QUEEN_ONLINE = QueenConfig(novelty_radius=0.001, threshold_queries=50, shadows_per_answer=5, seed=0)
+PIRATE, PIRATE_QUICK = PirateConfig(), PirateConfig(max_epochs=10)
+
+
+class _Recording(Defense):
+    """Wraps a defense and records which answers QUEEN reversed (bench bookkeeping only)."""
+
+    def __init__(self, inner: Defense) -> None:
+        self.inner, self.flags = inner, []  # type: list[torch.Tensor]
+        self.name = inner.name
+
+    def answer(self, x: torch.Tensor, logits: torch.Tensor, features: torch.Tensor, client_id: str) -> torch.Tensor:
+        if isinstance(self.inner, QueenDefense):
+            out, rev = self.inner.answer_with_decisions(x, logits, features, client_id)
+        else:
+            out, rev = self.inner.answer(x, logits, features, client_id), torch.zeros(len(x), dtype=torch.bool)
+        self.flags.append(rev)
+        return out
+
+
+def _queen_artifacts(ctx: BenchContext, model: torch.nn.Module, bundle: DatasetBundle) -> QueenArtifacts:
+    config = QUEEN_FIT_QUICK if ctx.quick else QUEEN_FIT
+    key = hashlib.sha256(json.dumps([state_dict_fingerprint(model.state_dict()), asdict(config)]).encode()).hexdigest()[:12]
+    path = ctx.cache_dir / f"queen-{key}.safetensors"
+    if path.exists():
+        try:
+            return load_queen_artifacts(path)
+        except FormatError:
+            pass
+    ctx.console.log("fitting QUEEN (mapping network, regions, shadow models)")
+    art = fit_queen(model, bundle.train, config=config, val=bundle.val, progress=ctx.progress)
+    art.save(path)
+    return art
+
+
+def _settings_key(name: str) -> str:
+    """Part of a cell name that changes when the defense's settings do (so stale cells are not reused)."""
+    settings = [asdict(QUEEN_ONLINE), asdict(QUEEN_FIT)] if name == "queen" else build_defense(name).describe()
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def _defense(name: str, model: torch.nn.Module, art: QueenArtifacts, seed: int) -> Defense:
+    if name == "queen":
+        return build_defense("queen", model=model, artifacts=art, queen=QUEEN_ONLINE, store=InMemoryStateStore())
+    return build_defense(name, **({"seed": seed} if name == "gaussian" else {}))
+
+
+def _collect(ctx: BenchContext, attack: str, model: torch.nn.Module, defense: Defense, pool_name: str,
+             budget: int) -> tuple[Transcript, torch.Tensor]:
+    pool = query_pool(DATASET, pool_name, ctx.data_root)
+    recorder = _Recording(defense)
+    oracle = ModelOracle(model, recorder, client_id=f"attacker-{attack}-{pool_name}", budget=budget)
+    transcript = build_attack(attack, budget=budget, seed=ctx.seed).collect(oracle, pool)
+    return transcript, torch.cat(recorder.flags)
+
+
+def _onehot(answers: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(answers).scatter_(1, answers.argmax(dim=1, keepdim=True), 1.0)
+
+
+def _pirate_cell(ctx: BenchContext, transcript: Transcript, reversed_flags: torch.Tensor, truth: torch.Tensor,
+                 bundle: DatasetBundle, model: torch.nn.Module) -> dict[str, Any]:
+    pirate = PIRATE_QUICK if ctx.quick else PIRATE
+    key = f"pirate-{transcript.digest()}-{hashlib.sha256(json.dumps(asdict(pirate)).encode()).hexdigest()[:8]}"
+    trained = ctx.cell(key, lambda: dict(zip(("accuracy", "fidelity", "train_seconds"),
+                                             score_transcript(transcript, bundle.test, victim=model, pirate=pirate))))
+    n = len(transcript)
+    return {**trained, "queries": n, "reversed_fraction": float(reversed_flags[:n].float().mean()),
+            "wrong_label_fraction": float((transcript.answers.argmax(1) != truth[:n].argmax(1)).float().mean()),
+            "l1_to_truth": float((transcript.answers / transcript.answers.sum(1, keepdim=True) - truth[:n]).abs().sum(1).mean())}
+
+
+def _overhead(model: torch.nn.Module, art: QueenArtifacts, x: torch.Tensor, flood: torch.Tensor,
+              ctx: BenchContext) -> dict[str, Any]:
+    """Median seconds per batch of 256 (a new batch each round, the same batch for every path within a round):
+    plain forward, undefended answer, QUEEN for a fresh client, and for a client past the threshold (in
+    memory and in SQLite)."""
+    sqlite_path = ctx.cache_dir / "overhead-state.db"
+    for suffix in ("", "-wal", "-shm"):
+        sqlite_path.with_name(sqlite_path.name + suffix).unlink(missing_ok=True)
+    queen_mem = QueenDefense.for_model(model, art, QUEEN_ONLINE, store=InMemoryStateStore())
+    queen_sql = QueenDefense.for_model(model, art, QUEEN_ONLINE, store=SQLiteStateStore(sqlite_path))
+    protected = {"undefended": ProtectedModel(model, NoDefense(), max_batch=256),
+                 "queen_fresh_client": ProtectedModel(model, queen_mem, max_batch=256),
+                 "queen_reversing_client": ProtectedModel(model, queen_mem, max_batch=256),
+                 "queen_sqlite_reversing_client": ProtectedModel(model, queen_sql, max_batch=256)}
+    protected["queen_reversing_client"].answer(flood, "flooded")  # push one client past the threshold
+    protected["queen_sqlite_reversing_client"].answer(flood, "flooded")
+    times: dict[str, list[float]] = {k: [] for k in ("forward", *protected)}
+    rounds = min(40, len(x) // 256)
+    reversed_share = []
+    with torch.no_grad():
+        for i in range(rounds):
+            batch = x[i * 256 : (i + 1) * 256]
+            t = time.perf_counter()
+            model(batch)
+            times["forward"].append(time.perf_counter() - t)
+            for name, p in protected.items():
+                client = "flooded" if "reversing" in name else f"fresh-{i}"
+                t = time.perf_counter()
+                p.answer(batch, client)
+                times[name].append(time.perf_counter() - t)
+            before = int(queen_mem.client_state("flooded").reversed.sum())
+            reversed_share.append(before)
+    med = {k: statistics.median(v[3:]) for k, v in times.items()}
+    # ratio per round (all paths timed back to back on the same batch), then the median: robust to load changes
+    ratios = {k: statistics.median(a / f for a, f in zip(v[3:], times["forward"][3:])) for k, v in times.items()}
+    for suffix in ("", "-wal", "-shm"):
+        sqlite_path.with_name(sqlite_path.name + suffix).unlink(missing_ok=True)
+    per_round = [b - a for a, b in zip(reversed_share, reversed_share[1:])]
+    return {"batch": 256, "rounds": rounds, "median_seconds": med, "ratio_to_forward": ratios,
+            "reversed_share_flooded_batches": (sum(per_round) / (256 * len(per_round))) if per_round else 0.0,
+            "threads": torch.get_num_threads()}
+
+
+def run(ctx: BenchContext) -> SuiteReport:
+    """Run the grid (resumable) and build the tables and plots."""
+    checkpoint, record = train_victim(ctx, DATASET)
+    model = checkpoint.model.eval()
+    bundle = ctx.dataset(DATASET)
+    art = _queen_artifacts(ctx, model, bundle)
+    budgets = QUICK_BUDGETS if ctx.quick else BUDGETS
+    top = max(budgets)
+    grid: dict[str, dict[str, Any]] = {}
+    for pool_name in POOLS:
+        for defense_name in DEFENSES:
+            memo: dict[str, tuple[Transcript, torch.Tensor, torch.Tensor]] = {}
+            for attack, labels in SERIES:
+                if ctx.quick and pool_name == "surrogate" and (attack, labels) != ("knockoff", "soft"):
+                    continue
+
+                def transcript(attack: str = attack) -> tuple[Transcript, torch.Tensor, torch.Tensor]:
+                    if attack not in memo:
+                        t, flags = _collect(ctx, attack, model, _defense(defense_name, model, art, ctx.seed), pool_name, top)
+                        with torch.no_grad():
+                            truth = torch.cat([torch.softmax(model(t.x[i : i + 1024]), 1) for i in range(0, len(t), 1024)])
+                        memo[attack] = (t, flags, truth)
+                    return memo[attack]
+
+                for budget in budgets:
+                    def cell(labels: str = labels, budget: int = budget, transcript=transcript) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+                        t, flags, truth = transcript()
+                        t = t.prefix(budget)
+                        if labels == "hard":
+                            t = Transcript(t.x, _onehot(t.answers))
+                        return _pirate_cell(ctx, t, flags, truth, bundle, model)
+
+                    name = f"{attack}-{labels}/{pool_name}/{defense_name}/{budget}"
+                    grid[name] = ctx.cell(f"{name}/{_settings_key(defense_name)}", cell)
+    benign = {}
+    for defense_name in DEFENSES:
+        def benign_cell(defense_name: str = defense_name) -> dict[str, Any]:
+            per = benign_report(model, _defense(defense_name, model, art, ctx.seed), bundle.test, queries_per_client=BENIGN_QUERIES)
+            one = benign_report(model, _defense(defense_name, model, art, ctx.seed), bundle.test)
+            return {"per_client": asdict(per), "single_client": asdict(one)}
+        benign[defense_name] = ctx.cell(f"benign/{defense_name}/{BENIGN_QUERIES}/{_settings_key(defense_name)}", benign_cell)
+    overhead = _overhead(model, art, bundle.test.x, bundle.val.x[:3000], ctx)
+    results = {"victim": {"architecture": record["architecture"], "dataset": DATASET, "test_accuracy": record["test_accuracy"],
+                          "train_images": record["train_images"]},
+               "queen": {"fit": {k: v for k, v in art.record.items() if k != "mapping_loss"},
+                         "final_mapping_loss": art.record["mapping_loss"][-1], "online": asdict(QUEEN_ONLINE)},
+               "budgets": list(budgets), "pirate": asdict(PIRATE_QUICK if ctx.quick else PIRATE), "grid": grid,
+               "benign": benign, "overhead": overhead}
+    results["acceptance"] = _acceptance(results, top)
+    return SuiteReport(results=results, markdown=_markdown(results, top), figures=_figures(results))
+
+
+def _acceptance(results: dict[str, Any], top: int) -> dict[str, Any]:
+    grid, benign = results["grid"], results["benign"]
+    acc = {d: grid.get(f"knockoff-soft/attacker/{d}/{top}", {}).get("accuracy") for d in DEFENSES}
+    cost = {d: benign[d]["per_client"]["undefended_accuracy"] - benign[d]["per_client"]["accuracy"] for d in DEFENSES}
+    cost_single = {d: benign[d]["single_client"]["undefended_accuracy"] - benign[d]["single_client"]["accuracy"] for d in DEFENSES}
+    eligible = [d for d in DEFENSES if d != "none" and cost[d] <= 0.01 and acc[d] is not None]
+    best = min(eligible, key=lambda d: acc[d]) if eligible else None
+    drop = acc["none"] - acc["queen"] if acc["none"] is not None and acc["queen"] is not None else None
+    ratio = results["overhead"]["ratio_to_forward"]
+    return {
+        "budget": top,
+        "undefended_soft_knockoff_accuracy": acc["none"], "sanity_met": acc["none"] is not None and acc["none"] >= 0.95,
+        "queen_soft_knockoff_accuracy": acc["queen"], "queen_drop_points": None if drop is None else 100 * drop,
+        "queen_drop_met": drop is not None and drop >= 0.20,
+        "benign_cost_points_per_client": {d: 100 * c for d, c in cost.items()},
+        "benign_cost_points_single_client": {d: 100 * c for d, c in cost_single.items()},
+        "best_defense_within_1_point": best, "queen_best_met": best == "queen",
+        "overhead_ratio_fresh": ratio["queen_fresh_client"], "overhead_ratio_reversing": ratio["queen_reversing_client"],
+        "overhead_met": max(ratio["queen_fresh_client"], ratio["queen_reversing_client"]) <= 1.5,
+    }
+
+
+def _k(budget: int) -> str:
+    return f"{budget // 1000}k" if budget % 1000 == 0 else str(budget)
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
+def _markdown(results: dict[str, Any], top: int) -> str:
+    budgets, grid = results["budgets"], results["grid"]
+    v, q, a = results["victim"], results["queen"], results["acceptance"]
+    lines = [f"Victim: {v['architecture']} on {v['dataset']} ({v['train_images']} training images), test accuracy "
+             f"{100 * v['test_accuracy']:.2f}%. Pirate: LeNet-5, soft cross-entropy, automatic epochs "
+             f"({results['pirate']}). Accuracy / fidelity in % on the MNIST test set.", "",
+             f"QUEEN online settings: {q['online']}.", ""]
+    for pool in POOLS:
+        for attack, labels in SERIES:
+            rows = []
+            for d in DEFENSES:
+                cells = [grid.get(f"{attack}-{labels}/{pool}/{d}/{b}") for b in budgets]
+                if all(c is None for c in cells):
+                    continue
+                rows.append([d, *[("-" if c is None else f"{_pct(c['accuracy'])} / {_pct(c['fidelity'])}") for c in cells],
+                             *[("-" if c is None else f"{_pct(c['reversed_fraction'])}") for c in cells[-1:]]])
+            if rows:
+                lines += [f"### {attack}, {labels} labels, pool: {pool}", "",
+                          markdown_table(["defense", *[f"{_k(b)} acc / fid" for b in budgets], f"reversed % ({_k(top)})"], rows), ""]
+    rows = []
+    for d in DEFENSES:
+        per, one = results["benign"][d]["per_client"], results["benign"][d]["single_client"]
+        rows.append([d, _pct(per["accuracy"]), f"{per['l1_distortion']:.3f}", _pct(per["label_changes"]),
+                     _pct(one["accuracy"]), f"{one['l1_distortion']:.3f}"])
+    lines += [f"### Benign clients on the test set (10,000 queries)", "",
+              markdown_table(["defense", f"accuracy, clients of {BENIGN_QUERIES}", "mean L1", "labels changed %",
+                              "accuracy, one 10k client", "mean L1 (one client)"], rows), ""]
+    o = results["overhead"]
+    lines += ["### Overhead (batch of 256, median seconds, this run)", "",
+              markdown_table(["path", "seconds", "ratio to plain forward"],
+                             [[k, f"{s * 1000:.2f} ms", f"{o['ratio_to_forward'][k]:.2f}x"] for k, s in o["median_seconds"].items()]),
+              "", f"Share of the flooded client's timed answers that took the reverse path: {100 * o['reversed_share_flooded_batches']:.0f}%.", ""]
+    drop = "-" if a["queen_drop_points"] is None else f"{a['queen_drop_points']:.1f}"
+    lines += ["### Acceptance", "",
+              markdown_table(["criterion", "measured", "met"], [
+                  [f"undefended soft KnockoffNets, {_k(top)} in-distribution queries >= 95%", _pct(a["undefended_soft_knockoff_accuracy"]), a["sanity_met"]],
+                  ["QUEEN lowers it by >= 20 points", f"{_pct(a['queen_soft_knockoff_accuracy'])} ({drop} points)", a["queen_drop_met"]],
+                  ["QUEEN best among defenses with benign cost <= 1 point (clients of "
+                   f"{BENIGN_QUERIES})", str(a["best_defense_within_1_point"]), a["queen_best_met"]],
+                  ["QUEEN answer of 256 <= 1.5x undefended forward", f"{a['overhead_ratio_fresh']:.2f}x fresh, "
+                   f"{a['overhead_ratio_reversing']:.2f}x reversing", a["overhead_met"]],
+              ]), ""]
+    return "\n".join(lines)
+
+
+def _figures(results: dict[str, Any]) -> dict[str, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    budgets, grid = results["budgets"], results["grid"]
+    figures = {}
+    for metric in ("accuracy", "fidelity"):
+        fig, axes = plt.subplots(len(POOLS), len(SERIES), figsize=(4.2 * len(SERIES), 3.4 * len(POOLS)), squeeze=False)
+        for i, pool in enumerate(POOLS):
+            for j, (attack, labels) in enumerate(SERIES):
+                ax = axes[i][j]
+                for d in DEFENSES:
+                    pts = [(b, grid[k][metric]) for b in budgets if (k := f"{attack}-{labels}/{pool}/{d}/{b}") in grid]
+                    if pts:
+                        ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=d,
+                                linewidth=2.5 if d == "queen" else 1.2)
+                ax.set_title(f"{attack} ({labels}), pool {pool}", fontsize=9)
+                ax.set_xscale("log")
+                ax.set_xlabel("queries")
+                ax.set_ylabel(f"pirate {metric} (%)")
+                ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=8)
+        fig.tight_layout()
+        figures[metric] = fig
+    return figures
