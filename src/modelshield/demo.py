@@ -27,6 +27,7 @@ __all__ = ["DEMO_STAGES", "DemoContext", "run_demo"]
 # "module:function" of each protection's demo stage, run in this order
 DEMO_STAGES: tuple[str, ...] = (
     "modelshield.lock.demo:stage",
+    "modelshield.defense.demo_stage:stage",
 )
 
 DEMO_TRAIN = TrainConfig(epochs=30, batch_size=64, lr=3e-3, schedule="cosine")
