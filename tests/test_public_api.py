@@ -7,6 +7,9 @@ EXPECTED = {
     "load_secret_key", "make_synthetic", "save_checkpoint", "seed_everything", "state_dict_fingerprint", "train_model",
     # Deep-Lock
     "LockConfig", "LockedModel", "Passphrase", "lock_model", "lock_state_dict", "unlock_model", "unlock_state_dict",
+    # extraction and QUEEN
+    "ModelOracle", "Oracle", "QueenConfig", "QueenDefense", "QueenFitConfig", "build_attack", "build_defense", "fit_queen",
+    "load_queen_artifacts", "run_extraction",
 }
 
 

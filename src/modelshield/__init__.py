@@ -12,7 +12,9 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from modelshield.attacks.extraction import build_attack, run_extraction
 from modelshield.data import DatasetBundle, DatasetInfo, Normalization, TensorData, load_dataset, make_synthetic
+from modelshield.defense import QueenConfig, QueenDefense, QueenFitConfig, build_defense, fit_queen, load_queen_artifacts
 from modelshield.errors import (
     BudgetExceeded,
     ConfigError,
@@ -31,6 +33,7 @@ from modelshield.models import (
     save_checkpoint,
     state_dict_fingerprint,
 )
+from modelshield.oracle import ModelOracle, Oracle
 from modelshield.training import EvalResult, TrainConfig, TrainResult, evaluate, seed_everything, train_model
 
 __all__ = [
@@ -46,22 +49,32 @@ __all__ = [
     "IntegrityError",
     "LockConfig",
     "LockedModel",
+    "ModelOracle",
     "ModelShieldError",
     "Normalization",
+    "Oracle",
     "Passphrase",
+    "QueenConfig",
+    "QueenDefense",
+    "QueenFitConfig",
     "SecretKey",
     "TensorData",
     "TrainConfig",
     "TrainResult",
     "__version__",
+    "build_attack",
+    "build_defense",
     "build_model",
     "evaluate",
+    "fit_queen",
     "load_checkpoint",
     "load_dataset",
+    "load_queen_artifacts",
     "load_secret_key",
     "lock_model",
     "lock_state_dict",
     "make_synthetic",
+    "run_extraction",
     "save_checkpoint",
     "seed_everything",
     "state_dict_fingerprint",
