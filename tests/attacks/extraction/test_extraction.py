@@ -26,11 +26,11 @@ from modelshield.training import TrainConfig, seed_everything, train_model
 
 @pytest.fixture(scope="module")
 def victim() -> tuple[torch.nn.Module, TensorData, QueryPool]:
-    data = make_synthetic(1400, num_classes=4, seed=2)
-    train, pool, test = data[torch.arange(0, 600)], data[torch.arange(600, 1100)], data[torch.arange(1100, 1400)]
+    data = make_synthetic(1200, num_classes=4, seed=2)
+    train, pool, test = data[torch.arange(0, 500)], data[torch.arange(500, 1000)], data[torch.arange(1000, 1200)]
     seed_everything(0)
     model = build_model("lenet5", in_channels=1, image_size=8, num_classes=4)
-    train_model(model, train, config=TrainConfig(epochs=5, batch_size=64, lr=3e-3), progress=False)
+    train_model(model, train, config=TrainConfig(epochs=4, batch_size=64, lr=3e-3), progress=False)
     return model.eval(), test, QueryPool(pool.x, "synthetic/pool")
 
 

@@ -35,7 +35,7 @@ from modelshield.errors import ConfigError
 from modelshield.models.registry import MODEL_REGISTRY, build_model, canonical_model_name
 from modelshield.oracle import Oracle
 
-__all__ = ["KnockoffConfig", "KnockoffNets"]
+__all__ = ["KnockoffConfig", "KnockoffNets", "kmeans"]
 
 STRATEGIES = ("random", "adaptive")
 
@@ -75,6 +75,35 @@ class KnockoffConfig:
             raise ConfigError(f"KnockoffNets online_architecture must be one of {', '.join(MODEL_REGISTRY)}")
 
 
+def kmeans(x: torch.Tensor, k: int, *, iterations: int = 25, seed: int = 0) -> torch.Tensor:
+    """Cluster labels of the rows of ``x`` (k-means++ seeding, Lloyd iterations), deterministic for a seed.
+
+    Example:
+        >>> x = torch.cat([torch.zeros(5, 2), torch.full((5, 2), 10.0)])
+        >>> labels = kmeans(x, 2)
+        >>> len(set(labels[:5].tolist())), len(set(labels[5:].tolist())), bool(labels[0] != labels[5])
+        (1, 1, True)
+    """
+    gen = torch.Generator().manual_seed(seed)
+    x = x.float()
+    centres = x[torch.randint(len(x), (1,), generator=gen)]
+    for _ in range(1, k):
+        d2 = torch.cdist(x, centres).min(dim=1).values.square()
+        weights = d2 if d2.sum() > 0 else torch.ones_like(d2)
+        centres = torch.cat([centres, x[torch.multinomial(weights, 1, generator=gen)]])
+    labels = torch.cdist(x, centres).argmin(dim=1)
+    for _ in range(iterations):
+        onehot = torch.nn.functional.one_hot(labels, k).float()
+        counts = onehot.sum(dim=0)
+        moved = (onehot.T @ x) / counts.clamp_min(1)[:, None]
+        centres = torch.where(counts[:, None] > 0, moved, centres)
+        new = torch.cdist(x, centres).argmin(dim=1)
+        if torch.equal(new, labels):
+            break
+        labels = new
+    return labels
+
+
 class KnockoffNets:
     """Collects a transcript from an oracle; train the pirate on it with :func:`train_pirate`."""
 
@@ -103,13 +132,11 @@ class KnockoffNets:
         return Transcript.concat(parts)
 
     def _adaptive(self, oracle: Oracle, pool: QueryPool) -> Transcript:
-        from sklearn.cluster import MiniBatchKMeans
-
         cfg = self.config
         rng = np.random.default_rng(cfg.seed)
-        small = F.adaptive_avg_pool2d(pool.x, min(7, pool.x.shape[-1])).flatten(1).numpy()
+        small = F.adaptive_avg_pool2d(pool.x, min(7, pool.x.shape[-1])).flatten(1)
         k = min(cfg.clusters, len(pool))
-        labels = MiniBatchKMeans(n_clusters=k, random_state=cfg.seed, n_init=1, batch_size=1024).fit_predict(small)
+        labels = kmeans(small, k, seed=cfg.seed).numpy()
         members = [list(rng.permutation(np.flatnonzero(labels == a))) for a in range(k)]
         torch.manual_seed(cfg.seed)
         _, channels, size, _ = pool.x.shape
