@@ -197,8 +197,9 @@ def _run(ctx: BenchContext) -> SuiteReport:
     budgets = QUICK_BUDGETS if ctx.quick else BUDGETS
     top = max(budgets)
     grid: dict[str, dict[str, Any]] = {}
+    order = ["none", "queen", *[d for d in DEFENSES if d not in ("none", "queen")]]  # acceptance cells first
     for pool_name in POOLS:
-        for defense_name in DEFENSES:
+        for defense_name in order:
             memo: dict[str, tuple[Transcript, torch.Tensor, torch.Tensor]] = {}
             for attack, labels in SERIES:
                 if ctx.quick and pool_name == "surrogate" and (attack, labels) != ("knockoff", "soft"):
