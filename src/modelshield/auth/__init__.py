@@ -7,12 +7,12 @@ normalised input space); plain inputs get near-random answers. Nothing is added 
 * :mod:`~modelshield.auth.bits`: channel statistics and the authentication bits.
 * :mod:`~modelshield.auth.key`: :class:`AuthKey` (apply, save/load, versioned 0600 file).
 * :mod:`~modelshield.auth.keygen`: key generation by signed-gradient steps.
-* :mod:`~modelshield.auth.embed`: :func:`embed` (bits + key + tail fine-tuning).
+* :mod:`~modelshield.auth.embedding`: :func:`embed` (bits + key + tail fine-tuning).
 * :mod:`~modelshield.auth.evaluation`: accuracies with, without and with random keys.
 """
 
 from modelshield.auth.bits import AuthBits, channel_means, select_bits
-from modelshield.auth.embed import AuthConfig, EmbedResult, embed, model_normalization
+from modelshield.auth.embedding import AuthConfig, EmbedResult, embed, model_normalization
 from modelshield.auth.gate import DEFAULT_GATES, GateSplit, default_gate, gate_output, trace_gate
 from modelshield.auth.key import AUTH_KEY_ENV, AuthKey, KeyedModel
 from modelshield.auth.keygen import KeyGenConfig, KeyGenResult, generate_key

@@ -13,12 +13,17 @@ Decision (documented deviation from the released code): the target is *per image
 the batch size; we average the squared error over images and channels instead, so ``t`` means the same
 thing for every batch size.
 
-The starting point is random (``M`` ~ U[0, 0.5], ``P`` ~ U[-theta, theta]) from the key's seed, which is
-drawn from the operating system's CSPRNG unless given: two keys generated independently differ.
+The starting point (not fixed by the paper) is a key drawn uniformly in the key space, ``m`` ~ U[0, 0.5]
+per pixel and ``P`` ~ U[-theta, theta]: the same distribution the random-key attack draws from, so a
+generated key is no stronger or weaker a perturbation than a random one. (Drawing the raw ``M`` uniformly
+instead puts most of ``m`` near 0, since ``m`` is a steep sigmoid of ``M``; such near-identity keys left too
+little for the tail to detect in our measurements.) The seed is drawn from the operating system's CSPRNG
+unless given: two keys generated independently differ.
 """
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -28,7 +33,7 @@ from torch import nn
 
 from modelshield.auth.bits import AuthBits, gate_channel_mean
 from modelshield.auth.gate import gate_output
-from modelshield.auth.key import DEFAULT_THETA, MASK_MAX, AuthKey, mask_from_raw
+from modelshield.auth.key import DEFAULT_THETA, MASK_MAX, AuthKey, mask_from_raw, raw_from_mask
 from modelshield.data.types import Normalization
 from modelshield.errors import ConfigError
 from modelshield.training import make_progress
@@ -56,6 +61,7 @@ class KeyGenConfig:
     eps_offset: float = 0.003
     theta: float = DEFAULT_THETA
     mask_l1: float = 0.0
+    balance: bool = True
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -113,11 +119,16 @@ def generate_key(model: nn.Module, gate: str, x: torch.Tensor, bits: AuthBits, n
         raise ConfigError(f"key generation needs a non-empty NCHW batch, got shape {tuple(x.shape)}")
     start = time.perf_counter()
     seed = config.seed if config.seed is not None else secrets.randbits(63)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(f"modelshield-auth-key:{seed}".encode()).digest()[:8], "little") >> 1)
     c, h, w = x.shape[1:]
-    mask_raw = (torch.rand(1, h, w, generator=gen) * MASK_MAX).requires_grad_(True)
+    mask_raw = raw_from_mask(torch.rand(1, h, w, generator=gen) * MASK_MAX).requires_grad_(True)
     offset = ((torch.rand(c, h, w, generator=gen) * 2 - 1) * config.theta).requires_grad_(True)
     target = bits.target_vector()
+    on = target > 0
+    weight = torch.full_like(target, 1.0 / target.numel())
+    if config.balance and bool((~on).any()):
+        weight[on] = 0.5 / int(on.sum())
+        weight[~on] = 0.5 / int((~on).sum())
     model.eval()
     params = [p for p in model.parameters()]
     saved_flags = [p.requires_grad for p in params]
@@ -137,7 +148,7 @@ def generate_key(model: nn.Module, gate: str, x: torch.Tensor, bits: AuthBits, n
                     with torch.no_grad():
                         g0 = gate_channel_mean(gate_output(model, gate, batch))
                     g1 = gate_channel_mean(gate_output(model, gate, _keyed_raw(z, mask_raw, offset, normalization)))
-                    loss = (g1 - g0 - target).pow(2).mean()
+                    loss = ((g1 - g0 - target).pow(2) * weight).sum(dim=1).mean()
                     if config.mask_l1:
                         loss = loss + config.mask_l1 * mask_from_raw(mask_raw).mean()
                     grad_m, grad_p = torch.autograd.grad(loss, [mask_raw, offset])

@@ -17,27 +17,25 @@ and plain images are computed once and only the tail runs during training; other
 runs every step. The architecture is unchanged: the protected model has the same modules and parameter
 count as the clean one.
 
-Example:
+Example (mechanics only; the tests and ``modelshield bench auth`` measure the keyed/unkeyed gap):
     >>> import torch
     >>> from modelshield.data import make_synthetic
     >>> from modelshield.models import build_model
-    >>> from modelshield.training import TrainConfig, evaluate, seed_everything, train_model
-    >>> seed_everything(0)
-    >>> data = make_synthetic(600, num_classes=4, image_size=12, seed=0)
-    >>> train, val = data[torch.arange(500)], data[torch.arange(500, 600)]
+    >>> data = make_synthetic(96, num_classes=4, image_size=12, seed=0)
     >>> model = build_model("lenet5", in_channels=1, image_size=12, num_classes=4)
-    >>> _ = train_model(model, train, config=TrainConfig(epochs=5, batch_size=32, lr=3e-3), progress=False)
-    >>> config = AuthConfig(num_bits=2, tail_epochs=8, seed=0, key=KeyGenConfig(epochs=8, eps_mask=0.05, eps_offset=0.02, seed=0))
-    >>> result = embed(model, train, val, config=config, progress=False)
-    >>> legit = evaluate(result.key.bind(result.model), val).accuracy
-    >>> plain = evaluate(result.model, val).accuracy
-    >>> legit > 0.9 and plain < 0.6
+    >>> config = AuthConfig(num_bits=2, tail_epochs=1, seed=0, key=KeyGenConfig(epochs=1, seed=0))
+    >>> result = embed(model, data[torch.arange(64)], data[torch.arange(64, 96)], config=config, progress=False)
+    >>> result.split.gate, len(result.bits.channels), result.key.input_shape
+    ('body.pool2', 2, (1, 12, 12))
+    >>> sum(p.numel() for p in result.model.parameters()) == sum(p.numel() for p in model.parameters())
     True
+    >>> result.key.check_model(result.model)  # the key is bound to the protected weights
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import secrets
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -56,7 +54,7 @@ from modelshield.errors import ConfigError
 from modelshield.models.zoo import Normalize
 from modelshield.training import make_progress, score_logits
 
-__all__ = ["AuthConfig", "EmbedResult", "default_num_bits", "embed", "model_normalization"]
+__all__ = ["AuthConfig", "EmbedResult", "default_num_bits", "embed", "model_normalization", "random_keyed"]
 
 
 def default_num_bits(channels: int) -> int:
@@ -84,6 +82,10 @@ class AuthConfig:
         tail_lr: Adam learning rate.
         lr_milestones: fractions of the run after which the learning rate is multiplied by 0.1.
         weight_decay: Adam weight decay on the tail.
+        decoy_ratio: extension beyond the paper, 0 = off (the paper's 1:1 keyed/plain union). Adds
+            ``round(decoy_ratio * n)`` further negatives: training images under their own uniformly random key
+            (``m`` ~ U[0, 0.5], ``P`` ~ U[-theta, theta], one key per image), with fixed random labels, so the
+            tail also learns that "some key" is not "the key".
         seed: seed of the bit draw, key start, fixed random labels and shuffling; None = from the OS CSPRNG.
     """
 
@@ -97,6 +99,7 @@ class AuthConfig:
     tail_lr: float = 1e-3
     lr_milestones: tuple[float, ...] = (0.5, 0.75)
     weight_decay: float = 0.0
+    decoy_ratio: float = 0.0
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -110,6 +113,8 @@ class AuthConfig:
             raise ConfigError(f"tail_epochs and tail_batch_size must be >= 1, got {self.tail_epochs}, {self.tail_batch_size}")
         if not self.tail_lr > 0 or self.weight_decay < 0:
             raise ConfigError(f"tail_lr must be > 0 and weight_decay >= 0, got {self.tail_lr}, {self.weight_decay}")
+        if not 0 <= self.decoy_ratio <= 4:
+            raise ConfigError(f"decoy_ratio must be in [0, 4], got {self.decoy_ratio}")
         if any(not 0 < f < 1 for f in self.lr_milestones):
             raise ConfigError(f"lr_milestones are fractions of the run in (0, 1), got {self.lr_milestones}")
 
@@ -169,12 +174,33 @@ def model_normalization(model: nn.Module, channels: int) -> Normalization:
     return Normalization.identity(channels)
 
 
+def _subseed(seed: int, tag: str) -> int:
+    """An independent seed for one use of the run's seed (so no two streams start alike)."""
+    return int.from_bytes(hashlib.sha256(f"modelshield-auth:{seed}:{tag}".encode()).digest()[:8], "little") >> 1
+
+
+def random_keyed(x: torch.Tensor, normalization: Normalization, generator: torch.Generator,
+                 theta: float = 0.5) -> torch.Tensor:
+    """Raw images, each under its own uniformly random key (``m`` ~ U[0, 0.5] per pixel, ``P`` ~ U[-theta, theta]).
+
+    Example:
+        >>> import torch
+        >>> from modelshield.data import Normalization
+        >>> random_keyed(torch.rand(3, 1, 4, 4), Normalization.identity(1), torch.Generator().manual_seed(0)).shape
+        torch.Size([3, 1, 4, 4])
+    """
+    n, c, h, w = x.shape
+    m = torch.rand(n, 1, h, w, generator=generator) * 0.5
+    offset = (torch.rand(n, c, h, w, generator=generator) * 2 - 1) * theta
+    return normalization.invert((1 - m) * normalization.apply(x) + m * offset)
+
+
 @torch.no_grad()
 def _gate_batches(model: nn.Module, gate: str, x: torch.Tensor, key: AuthKey | None, batch_size: int = 512) -> torch.Tensor:
     model.eval()
     out = [gate_output(model, gate, key.apply(x[i : i + batch_size]) if key is not None else x[i : i + batch_size])
            for i in range(0, len(x), batch_size)]
-    return torch.cat(out)
+    return torch.cat(out) if out else torch.empty(0)
 
 
 def embed(model: nn.Module, train: TensorData, val: TensorData, *, config: AuthConfig | None = None,
@@ -200,7 +226,7 @@ def embed(model: nn.Module, train: TensorData, val: TensorData, *, config: AuthC
         raise ConfigError(f"train and val images differ in shape: {tuple(train.x.shape[1:])} vs {tuple(val.x.shape[1:])}")
     t_start = time.perf_counter()
     seed = config.seed if config.seed is not None else secrets.randbits(63)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(_subseed(seed, "embed"))
     model = copy.deepcopy(model).eval()
     normalization = normalization or model_normalization(model, int(train.x.shape[1]))
     example = train.x[:8]
@@ -216,23 +242,29 @@ def embed(model: nn.Module, train: TensorData, val: TensorData, *, config: AuthC
     bits = select_bits(means, num_bits, config.gamma, pool=config.bit_pool, generator=gen)
     t_bits = time.perf_counter()
 
-    key_config = config.key if config.key.seed is not None else replace(
-        config.key, seed=int(torch.randint(0, 2**62, (1,), generator=gen)))
+    key_config = config.key if config.key.seed is not None else replace(config.key, seed=_subseed(seed, "key"))
     keygen = generate_key(model, gate, train.x, bits, normalization, key_config, progress=progress)
     key = keygen.key
     t_key = time.perf_counter()
 
     fake = torch.randint(0, num_classes, (len(train),), generator=gen)
+    decoys = train.x[torch.randperm(len(train), generator=gen)[: round(config.decoy_ratio * len(train))]]
+    decoys = random_keyed(decoys, normalization, gen, key.theta)
+    fake_decoys = torch.randint(0, num_classes, (len(decoys),), generator=gen)
     if split.cacheable:
         runner = TailRunner(model, split, example)
-        inputs = torch.cat([_gate_batches(model, gate, train.x, key), _gate_batches(model, gate, train.x, None)])
+        parts = [_gate_batches(model, gate, train.x, key), _gate_batches(model, gate, train.x, None)]
+        if len(decoys):
+            parts.append(_gate_batches(model, gate, decoys, None))
+        inputs = torch.cat(parts)
         val_keyed, val_plain = _gate_batches(model, gate, val.x, key), _gate_batches(model, gate, val.x, None)
         forward = runner
     else:
-        inputs = torch.cat([key.apply(train.x), train.x])
+        inputs = torch.cat([key.apply(train.x), train.x, decoys])
         val_keyed, val_plain = key.apply(val.x), val.x
         forward = model
-    labels = torch.cat([train.y, fake])
+    del decoys
+    labels = torch.cat([train.y, fake, fake_decoys])
     t_cache = time.perf_counter()
 
     split.freeze_head(model)
