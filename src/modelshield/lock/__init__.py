@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+from modelshield.lock.evaluation import LockedEvaluation, attacker_model, evaluate_locked
 from modelshield.lock.locked import (
     LockConfig,
     LockedModel,
@@ -29,8 +30,11 @@ from modelshield.lock.locked import (
 
 __all__ = [
     "LockConfig",
+    "LockedEvaluation",
     "LockedModel",
     "Passphrase",
+    "attacker_model",
+    "evaluate_locked",
     "lock_model",
     "lock_state_dict",
     "unlock_model",
