@@ -60,8 +60,9 @@ def machine_info() -> dict[str, Any]:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal"):
                 mem_gib = round(int(line.split()[1]) / 2**20, 1)
+    load = [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "memory_gib": mem_gib,
-            "platform": platform.platform(), "gpu": None}
+            "platform": platform.platform(), "gpu": None, "load_average_1_5_15min": load}
 
 
 def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
@@ -194,7 +195,8 @@ class BenchContext:
         machine = header["machine"]
         md = [f"# Benchmark `{self.suite}`" + (" (quick)" if self.quick else ""), "",
               f"- command: `{header['command']}`", f"- seed: {self.seed}",
-              f"- machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, no GPU",
+              f"- machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, no GPU; "
+              f"load average at the end {machine['load_average_1_5_15min']} (above {machine['cores']} means other jobs shared the CPU)",
               f"- versions: " + ", ".join(f"{k} {v}" for k, v in header["versions"].items()),
               f"- started {header['started']}, wall time {wall / 60:.1f} min", "", report.markdown.strip(), ""]
         md += [f"![{name}]({p.name})" for name, p in paths.items() if p.suffix == ".png"]
