@@ -71,3 +71,11 @@ def test_fixed_budget_only() -> None:
         finetune(_vgg(), make_synthetic(8, seed=0), make_synthetic(8, seed=0), config=TrainConfig(patience=2), start="x")
     with pytest.raises(ConfigError, match="max_abs must be > 0"):
         RepairPolicy(max_abs=0)
+
+
+def test_subnormals_are_flushed() -> None:
+    tiny = torch.finfo(torch.float32).tiny
+    state = {"w": torch.tensor([tiny / 8, -tiny / 2, 0.5, tiny])}
+    template = torch.nn.Module()
+    repaired, stats = repair_weights(state, template, RepairPolicy(fill="zero"))
+    assert repaired["w"].tolist() == [0.0, 0.0, 0.5, tiny] and stats.subnormal == 2

@@ -4,8 +4,9 @@ The thief holds the locked file (the architecture is known from it) and a fracti
 The locked bits, read as floats, are uniformly random bit patterns: about 1 in 256 float32 values is NaN or
 Inf, and the magnitudes span every exponent from 1e-38 to 3e38. A sensible thief *repairs* them first
 (:func:`repair_weights`): non-finite values and values beyond ``max_abs`` are replaced (by a fresh default
-initialisation's values, or by zero), BatchNorm running statistics are reset, and the input normalisation
-buffers get the public dataset statistics. Then it fine-tunes (:func:`finetune`).
+initialisation's values, or by zero), subnormal values are flushed to zero (they are zero in effect and make
+CPU arithmetic crawl), BatchNorm running statistics are reset, and the input normalisation buffers get the
+public dataset statistics. Then it fine-tunes (:func:`finetune`).
 
 The attack succeeds if the locked start beats training from scratch on the same data with the same budget;
 Deep-Lock's claim is that it does not. Fine-tuning the original weights is the upper bound.
@@ -86,17 +87,19 @@ class RepairStats:
         nonfinite: NaN/Inf elements replaced.
         out_of_range: finite elements beyond ``max_abs`` replaced.
         reset: elements set by the BatchNorm / normalisation rules.
+        subnormal: subnormal elements flushed to zero.
     """
 
     total: int
     nonfinite: int
     out_of_range: int
     reset: int
+    subnormal: int = 0
 
     @property
     def replaced(self) -> int:
         """Elements changed in all."""
-        return self.nonfinite + self.out_of_range + self.reset
+        return self.nonfinite + self.out_of_range + self.reset + self.subnormal
 
 
 @dataclass(frozen=True)
@@ -133,7 +136,7 @@ def repair_weights(state_dict: dict[str, torch.Tensor], template: nn.Module, pol
     """
     fresh = template.state_dict()
     repaired: dict[str, torch.Tensor] = {}
-    total = nonfinite = out_of_range = reset = 0
+    total = nonfinite = out_of_range = reset = subnormal = 0
     for name, tensor in state_dict.items():
         t = tensor.detach().clone()
         if not t.is_floating_point():
@@ -158,8 +161,11 @@ def repair_weights(state_dict: dict[str, torch.Tensor], template: nn.Module, pol
             replacement = fresh[name].to(t.dtype).reshape(t.shape)
         else:
             replacement = torch.zeros_like(t)
-        repaired[name] = torch.where(bad, replacement, t)
-    return repaired, RepairStats(total, nonfinite, out_of_range, reset)
+        fixed = torch.where(bad, replacement, t)
+        tiny = (fixed != 0) & (fixed.abs() < torch.finfo(t.dtype).tiny)
+        subnormal += int(tiny.sum())
+        repaired[name] = torch.where(tiny, torch.zeros_like(fixed), fixed)
+    return repaired, RepairStats(total, nonfinite, out_of_range, reset, subnormal)
 
 
 def finetune(model: nn.Module, train: TensorData, test: TensorData, *, config: TrainConfig, start: str,

@@ -134,7 +134,8 @@ def _finetune_cell(ctx: BenchContext, checkpoint: Checkpoint, dataset: str, frac
            "start_accuracy": result.start_accuracy, "accuracy": result.accuracy, "train_seconds": result.wall_seconds}
     if result.repair is not None:
         r = result.repair
-        out["repair"] = {"total": r.total, "nonfinite": r.nonfinite, "out_of_range": r.out_of_range, "reset": r.reset}
+        out["repair"] = {"total": r.total, "nonfinite": r.nonfinite, "out_of_range": r.out_of_range, "reset": r.reset,
+                         "subnormal": r.subnormal}
     return out
 
 
@@ -396,7 +397,8 @@ def _markdown(results: dict[str, Any], fractions: tuple[float, ...], arms: tuple
            f"{', '.join(f'{100 * float(k):g}%: {v}' for k, v in b['seeds'].items())}. "
            f"Fractions are of the {b['fractions_of']:,} official training images, drawn from the `attacker` split. "
            "`locked-init`: the ctr-locked weights with NaN/Inf and |w| > 1 replaced by a fresh default initialisation's "
-           "values; `locked-zero`: replaced by 0; both reset BatchNorm statistics and restore the public input normalisation.", ""]
+           "values; `locked-zero`: replaced by 0; both flush subnormals to 0, reset BatchNorm statistics and restore the "
+           "public input normalisation.", ""]
     for dataset, entry in results["datasets"].items():
         fine = entry["finetune"]
         rows = []
