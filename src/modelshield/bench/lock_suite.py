@@ -460,6 +460,7 @@ def _figures(results: dict[str, Any], fractions: tuple[float, ...]) -> dict[str,
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     datasets = list(results["datasets"])
     fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4))
@@ -469,6 +470,7 @@ def _figures(results: dict[str, Any], fractions: tuple[float, ...]) -> dict[str,
         for arm, style in zip(arms, ("o-", "s--", "^-", "v-")):
             ax.plot(xs, [100 * fine[f"{f}-{arm}"]["mean_accuracy"] for f in fractions], style, label=arm)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_xticks(xs, [f"{x:g}%" for x in xs])
         ax.set_xlabel("fraction of the training data")
         ax.set_ylabel("test accuracy (%)")
