@@ -37,7 +37,7 @@ def test_rounding_to_many_decimals_equals_undefended(tiny) -> None:  # type: ign
 def test_queen_at_strength_zero_equals_undefended(tiny, artifacts) -> None:  # type: ignore[no-untyped-def]
     model, _, held = tiny
     off = build_defense("queen", model=model, artifacts=artifacts,
-                        queen=QueenConfig(coverage_threshold=math.inf, perturb_steps=0))
+                        queen=QueenConfig(threshold_queries=None, coverage_threshold=math.inf, perturb_steps=0))
     oracle = ModelOracle(model, off, batch_size=64)
     for _ in range(3):  # repeated floods never trigger anything
         assert torch.allclose(oracle(held.x), torch.softmax(model(held.x), dim=1), atol=1e-6)

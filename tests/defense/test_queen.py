@@ -229,3 +229,9 @@ def test_perturb_matches_moving_the_features_explicitly(tiny, artifacts) -> None
             k += 1
         expected.append(torch.softmax(split.head(phi[i] + 0.05 * k * direction[i]), 0))
     assert torch.allclose(out, torch.stack(expected), atol=1e-5)
+
+
+def test_released_settings() -> None:
+    released = QueenConfig.released()
+    assert (released.novelty_radius, released.coverage_threshold, released.threshold_queries, released.beta) == (0.005, 0.2, None, 1.0)
+    assert QueenConfig.released(beta=2.0).beta == 2.0

@@ -63,9 +63,10 @@ SERIES = (("knockoff", "soft"), ("knockoff", "hard"), ("jbda-tr", "soft"))
 POOLS = ("attacker", "surrogate")
 BUDGETS, QUICK_BUDGETS = (1000, 5000, 10000, 20000), (1000, 5000)
 BENIGN_QUERIES = 100
-QUEEN_FIT = QueenFitConfig(mapping_epochs=20, num_shadows=10, shadow_samples=1000, seed=0)
-QUEEN_FIT_QUICK = QueenFitConfig(mapping_epochs=8, num_shadows=10, shadow_samples=1000, seed=0)
-QUEEN_ONLINE = QueenConfig(novelty_radius=0.001, threshold_queries=50, shadows_per_answer=5, seed=0)
+# tuned on KnockoffNets transcripts from the attacker split with pirates scored on the validation split (see README)
+QUEEN_FIT = QueenFitConfig(mapping_epochs=20, num_shadows=10, shadow_samples=300, seed=0)
+QUEEN_FIT_QUICK = QueenFitConfig(mapping_epochs=8, num_shadows=10, shadow_samples=300, seed=0)
+QUEEN_ONLINE = QueenConfig(novelty_radius=1e-4, threshold_queries=50, beta=1.5, shadows_per_answer=5, seed=0)
 PIRATE, PIRATE_QUICK = PirateConfig(), PirateConfig(max_epochs=10)
 # one torch thread: on a shared 2-core machine, 2 OpenMP threads spin against other processes and run several
 # times slower; one thread also keeps the overhead ratio stable

@@ -34,10 +34,12 @@ def add_defense_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--defense", default="none", help=", ".join(DEFENSE_NAMES))
     p.add_argument("--queen", type=Path, default=None, help="QUEEN artefacts written by `modelshield defense fit`")
-    p.add_argument("--queen-radius", type=float, default=0.005, help="QUEEN novelty radius r (unit-circle mapping space)")
-    p.add_argument("--queen-threshold", type=float, default=0.2, help="QUEEN coverage threshold t (inf = never reverse)")
-    p.add_argument("--queen-threshold-queries", type=int, default=None,
-                   help="QUEEN threshold as novel in-region queries per class (replaces --queen-threshold)")
+    p.add_argument("--queen-radius", type=float, default=1e-4, help="QUEEN novelty radius r (unit-circle mapping space)")
+    p.add_argument("--queen-threshold-queries", type=int, default=50,
+                   help="QUEEN threshold: novel in-region queries per class before reversing (0 = from the start)")
+    p.add_argument("--queen-threshold", type=float, default=None,
+                   help="QUEEN coverage threshold t instead of the count (the released scripts used 0.2; inf = never reverse)")
+    p.add_argument("--queen-beta", type=float, default=1.5, help="QUEEN region radius R_c = beta * rho_c")
     p.add_argument("--queen-shadows", type=int, default=5, help="shadow models averaged per reversed answer (k)")
     p.add_argument("--state-db", type=Path, default=None, help="QUEEN per-client state in this SQLite file (default: in memory)")
     p.add_argument("--decimals", type=int, default=1, help="rounding: decimals kept")
@@ -57,9 +59,11 @@ def defense_from_args(args: argparse.Namespace, model: object) -> object:
     if name == "queen":
         if args.queen is None:
             raise ConfigError("--defense queen needs --queen FILE (write it with `modelshield defense fit`)")
-        config = QueenConfig(novelty_radius=args.queen_radius, coverage_threshold=args.queen_threshold,
-                             threshold_queries=args.queen_threshold_queries, shadows_per_answer=args.queen_shadows,
-                             seed=args.seed)
+        by_coverage = args.queen_threshold is not None
+        config = QueenConfig(novelty_radius=args.queen_radius,
+                             coverage_threshold=args.queen_threshold if by_coverage else 0.2,
+                             threshold_queries=None if by_coverage else args.queen_threshold_queries,
+                             beta=args.queen_beta, shadows_per_answer=args.queen_shadows, seed=args.seed)
         store = SQLiteStateStore(args.state_db) if args.state_db is not None else None
         return build_defense("queen", model=model, artifacts=load_queen_artifacts(args.queen), queen=config, store=store)  # type: ignore[arg-type]
     settings = {"rounding": {"decimals": args.decimals}, "reverse-sigmoid": {"beta": args.rs_beta, "gamma": args.rs_gamma},
@@ -113,7 +117,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="artefact file to write (.safetensors)")
     p.add_argument("--mapping-epochs", type=int, default=20)
     p.add_argument("--shadows", type=int, default=10, help="number of shadow models")
-    p.add_argument("--shadow-samples", type=int, default=1000, help="images per shadow model (one epoch; fewer = weaker)")
+    p.add_argument("--shadow-samples", type=int, default=300, help="images per shadow model (one epoch; fewer = weaker)")
     p.add_argument("--shadow-arch", default="softmax", help="softmax (cheap) or a zoo name")
     p.add_argument("--shadow-lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)

@@ -51,7 +51,8 @@ class QueenFitConfig:
         temperature: contrastive temperature (0.07).
         num_shadows: number of shadow models N_s.
         shadow_architecture: ``softmax`` (cheap default) or a zoo name.
-        shadow_samples: images each shadow sees in its single epoch (fewer = weaker shadows).
+        shadow_samples: images each shadow sees in its single epoch (fewer = weaker shadows; 300 gives about 50%
+            accuracy on MNIST, which made REVERSE most damaging to pirates in tuning on the validation split).
         shadow_lr: shadow learning rate.
         shadow_batch_size: shadow batch size.
         seed: seeds everything the fit draws.
@@ -63,7 +64,7 @@ class QueenFitConfig:
     temperature: float = 0.07
     num_shadows: int = 10
     shadow_architecture: str = "softmax"
-    shadow_samples: int = 1000
+    shadow_samples: int = 300
     shadow_lr: float = 1e-3
     shadow_batch_size: int = 32
     seed: int = 0
