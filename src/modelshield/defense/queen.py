@@ -323,8 +323,8 @@ class QueenDefense(Defense):
             pick = torch.rand(x.shape[0], len(shadows), generator=self._generator).argsort(dim=1)[:, : self.config.shadows_per_answer]
         chosen = torch.zeros(x.shape[0], len(shadows)).scatter_(1, pick, 1.0)  # (n, N_s) 0/1
         if self._stacked is not None:  # softmax-regression shadows: all of them in one matmul
-            normalize, weight, bias = self._stacked
-            logits = torch.einsum("nd,skd->nsk", normalize(x).flatten(1), weight) + bias  # (n, N_s, K)
+            normalize, weight, bias = self._stacked  # weight (N_s * K, D): one matrix product for all shadows
+            logits = torch.addmm(bias, normalize(x).flatten(1), weight.T).view(x.shape[0], len(shadows), -1)
             return (chosen[:, :, None] * torch.softmax(logits, dim=2)).sum(dim=1) / self.config.shadows_per_answer
         q = torch.zeros(x.shape[0], self.artifacts.num_classes)
         for j in torch.nonzero(chosen.any(dim=0)).flatten().tolist():  # a loop over the few shadow models
@@ -338,6 +338,6 @@ class QueenDefense(Defense):
         first = shadows[0].normalize  # type: ignore[union-attr]
         if not all(torch.equal(s.normalize.mean, first.mean) and torch.equal(s.normalize.std, first.std) for s in shadows):  # type: ignore[union-attr]
             return None
-        weight = torch.stack([s.linear.weight.detach() for s in shadows])  # type: ignore[union-attr]
-        bias = torch.stack([s.linear.bias.detach() for s in shadows])  # type: ignore[union-attr]
+        weight = torch.cat([s.linear.weight.detach() for s in shadows]).contiguous()  # type: ignore[union-attr]
+        bias = torch.cat([s.linear.bias.detach() for s in shadows])  # type: ignore[union-attr]
         return first, weight, bias
