@@ -1,6 +1,8 @@
 import modelshield
 
 EXPECTED = {
+    # AuthNet
+    "AuthConfig", "AuthKey", "embed_auth", "evaluate_auth",
     "BudgetExceeded", "Checkpoint", "CheckpointMeta", "ConfigError", "DatasetBundle", "DatasetInfo", "DatasetNotFound",
     "EvalResult", "FormatError", "IntegrityError", "ModelShieldError", "Normalization", "SecretKey", "TensorData",
     "TrainConfig", "TrainResult", "__version__", "build_model", "evaluate", "load_checkpoint", "load_dataset",

@@ -13,6 +13,8 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from modelshield.attacks.extraction import build_attack, run_extraction
+from modelshield.auth import AuthConfig, AuthKey, evaluate_auth
+from modelshield.auth import embed as embed_auth
 from modelshield.data import DatasetBundle, DatasetInfo, Normalization, TensorData, load_dataset, make_synthetic
 from modelshield.defense import QueenConfig, QueenDefense, QueenFitConfig, build_defense, fit_queen, load_queen_artifacts
 from modelshield.errors import (
@@ -37,6 +39,8 @@ from modelshield.oracle import ModelOracle, Oracle
 from modelshield.training import EvalResult, TrainConfig, TrainResult, evaluate, seed_everything, train_model
 
 __all__ = [
+    "AuthConfig",
+    "AuthKey",
     "BudgetExceeded",
     "Checkpoint",
     "CheckpointMeta",
@@ -65,7 +69,9 @@ __all__ = [
     "build_attack",
     "build_defense",
     "build_model",
+    "embed_auth",
     "evaluate",
+    "evaluate_auth",
     "fit_queen",
     "load_checkpoint",
     "load_dataset",

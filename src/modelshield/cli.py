@@ -26,6 +26,7 @@ FEATURE_COMMANDS: tuple[str, ...] = (
     "modelshield.lock.commands",
     "modelshield.defense.cli",
     "modelshield.attacks.extraction.cli",
+    "modelshield.auth.commands",
 )
 
 

@@ -13,6 +13,7 @@ normalised input space); plain inputs get near-random answers. Nothing is added 
 
 from modelshield.auth.bits import AuthBits, channel_means, select_bits
 from modelshield.auth.embedding import AuthConfig, EmbedResult, embed, model_normalization
+from modelshield.auth.evaluation import AuthEvaluation, accuracy_with_key, evaluate_auth
 from modelshield.auth.gate import DEFAULT_GATES, GateSplit, default_gate, gate_output, trace_gate
 from modelshield.auth.key import AUTH_KEY_ENV, AuthKey, KeyedModel
 from modelshield.auth.keygen import KeyGenConfig, KeyGenResult, generate_key
@@ -22,15 +23,18 @@ __all__ = [
     "DEFAULT_GATES",
     "AuthBits",
     "AuthConfig",
+    "AuthEvaluation",
     "AuthKey",
     "EmbedResult",
     "GateSplit",
     "KeyGenConfig",
     "KeyGenResult",
     "KeyedModel",
+    "accuracy_with_key",
     "channel_means",
     "default_gate",
     "embed",
+    "evaluate_auth",
     "gate_output",
     "generate_key",
     "model_normalization",

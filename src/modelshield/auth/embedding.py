@@ -26,7 +26,7 @@ Example (mechanics only; the tests and ``modelshield bench auth`` measure the ke
     >>> config = AuthConfig(num_bits=2, tail_epochs=1, seed=0, key=KeyGenConfig(epochs=1, seed=0))
     >>> result = embed(model, data[torch.arange(64)], data[torch.arange(64, 96)], config=config, progress=False)
     >>> result.split.gate, len(result.bits.channels), result.key.input_shape
-    ('body.pool2', 2, (1, 12, 12))
+    ('body.pool1', 2, (1, 12, 12))
     >>> sum(p.numel() for p in result.model.parameters()) == sum(p.numel() for p in model.parameters())
     True
     >>> result.key.check_model(result.model)  # the key is bound to the protected weights
@@ -74,7 +74,9 @@ class AuthConfig:
     Attributes:
         gate: gate module name; None = the model's default gate.
         num_bits: ``N``; None = :func:`default_num_bits` of the gate's channel count.
-        bit_pool: draw the bits at random among this many lowest live channels (None = exactly the lowest N).
+        bit_pool: draw the bits at random among this many lowest live channels. None (default) = ``4 N``
+            capped at the number of live channels, so independently generated keys switch on different bits;
+            ``bit_pool = num_bits`` is the paper's deterministic choice (the lowest N).
         gamma: bit target multiplier (``t = gamma * a_max``).
         key: key-generation hyperparameters (its seed defaults to this config's seed).
         tail_epochs: epochs of tail fine-tuning.
@@ -82,10 +84,15 @@ class AuthConfig:
         tail_lr: Adam learning rate.
         lr_milestones: fractions of the run after which the learning rate is multiplied by 0.1.
         weight_decay: Adam weight decay on the tail.
-        decoy_ratio: extension beyond the paper, 0 = off (the paper's 1:1 keyed/plain union). Adds
+        decoy_ratio: extension beyond the paper (default 1; 0 = the paper's 1:1 keyed/plain union). Adds
             ``round(decoy_ratio * n)`` further negatives: training images under their own uniformly random key
             (``m`` ~ U[0, 0.5], ``P`` ~ U[-theta, theta], one key per image), with fixed random labels, so the
             tail also learns that "some key" is not "the key".
+        decoy_keys: extension beyond the paper (default 3; 0 = off). Generate this many further keys with the same
+            procedure (other seeds, other random bit draws) and put half of the decoy negatives under them,
+            so the tail learns to reject independently generated keys, not only uniformly random ones.
+        key_images: train the key on a seeded subset of this many training images (None = all of them).
+        train_images: fine-tune the tail on a seeded subset of this many training images (None = all).
         seed: seed of the bit draw, key start, fixed random labels and shuffling; None = from the OS CSPRNG.
     """
 
@@ -94,12 +101,15 @@ class AuthConfig:
     bit_pool: int | None = None
     gamma: float = 2.0
     key: KeyGenConfig = field(default_factory=KeyGenConfig)
-    tail_epochs: int = 10
+    tail_epochs: int = 16
     tail_batch_size: int = 256
     tail_lr: float = 1e-3
     lr_milestones: tuple[float, ...] = (0.5, 0.75)
     weight_decay: float = 0.0
-    decoy_ratio: float = 0.0
+    decoy_ratio: float = 1.0
+    decoy_keys: int = 3
+    key_images: int | None = None
+    train_images: int | None = None
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -115,6 +125,14 @@ class AuthConfig:
             raise ConfigError(f"tail_lr must be > 0 and weight_decay >= 0, got {self.tail_lr}, {self.weight_decay}")
         if not 0 <= self.decoy_ratio <= 4:
             raise ConfigError(f"decoy_ratio must be in [0, 4], got {self.decoy_ratio}")
+        if not 0 <= self.decoy_keys <= 64:
+            raise ConfigError(f"decoy_keys must be in 0..64, got {self.decoy_keys}")
+        if self.decoy_keys and not self.decoy_ratio:
+            raise ConfigError("decoy_keys needs decoy_ratio > 0 (the decoy keys are applied to decoy negatives)")
+        for name in ("key_images", "train_images"):
+            value = getattr(self, name)
+            if value is not None and value < 2:
+                raise ConfigError(f"{name} must be >= 2 or None, got {value}")
         if any(not 0 < f < 1 for f in self.lr_milestones):
             raise ConfigError(f"lr_milestones are fractions of the run in (0, 1), got {self.lr_milestones}")
 
@@ -239,17 +257,34 @@ def embed(model: nn.Module, train: TensorData, val: TensorData, *, config: AuthC
 
     means = channel_means(model, gate, train.x)
     num_bits = config.num_bits or default_num_bits(split.channels)
-    bits = select_bits(means, num_bits, config.gamma, pool=config.bit_pool, generator=gen)
+    pool = config.bit_pool or max(num_bits, min(4 * num_bits, int((means > 0).sum())))
+    bits = select_bits(means, num_bits, config.gamma, pool=pool, generator=gen)
     t_bits = time.perf_counter()
 
     key_config = config.key if config.key.seed is not None else replace(config.key, seed=_subseed(seed, "key"))
-    keygen = generate_key(model, gate, train.x, bits, normalization, key_config, progress=progress)
+    key_x = train.x
+    if config.key_images is not None and config.key_images < len(train):
+        key_x = train.x[torch.randperm(len(train), generator=gen)[: config.key_images]]
+    keygen = generate_key(model, gate, key_x, bits, normalization, key_config, progress=progress)
     key = keygen.key
+    decoy_keys = []
+    for i in range(config.decoy_keys):
+        other_bits = select_bits(means, num_bits, config.gamma, pool=pool, generator=gen)
+        other = replace(config.key, seed=_subseed(seed, f"decoy-key-{i}"))
+        decoy_keys.append(generate_key(model, gate, key_x, other_bits, normalization, other).key)
     t_key = time.perf_counter()
 
+    if config.train_images is not None and config.train_images < len(train):
+        train = train[torch.randperm(len(train), generator=gen)[: config.train_images]]
     fake = torch.randint(0, num_classes, (len(train),), generator=gen)
     decoys = train.x[torch.randperm(len(train), generator=gen)[: round(config.decoy_ratio * len(train))]]
-    decoys = random_keyed(decoys, normalization, gen, key.theta)
+    if decoy_keys:
+        half = len(decoys) // 2
+        owner = torch.arange(half) % len(decoy_keys)
+        keyed_part = torch.cat([decoy_keys[int(k)].apply(decoys[:half][owner == k]) for k in range(len(decoy_keys))])
+        decoys = torch.cat([keyed_part, random_keyed(decoys[half:], normalization, gen, key.theta)])
+    else:
+        decoys = random_keyed(decoys, normalization, gen, key.theta)
     fake_decoys = torch.randint(0, num_classes, (len(decoys),), generator=gen)
     if split.cacheable:
         runner = TailRunner(model, split, example)

@@ -7,8 +7,9 @@ pass in execution order, so the split follows what the network does, not how its
 
 Default gates:
 
-* zoo models: LeNet-5 ``body.pool2`` (after the second conv block), small VGG ``body.block3`` (the third
-  pooling stage), ResNet-20 ``body.layer3``;
+* zoo models: LeNet-5 ``body.pool1`` (after the first conv block: the paper's position, after the second
+  block, left the tail too little to learn with; see the gate study in ``bench/results/auth.md``), small VGG
+  ``body.block3`` (the third pooling stage), ResNet-20 ``body.layer3``;
 * any other sequential-style CNN: the last module (in execution order) with a 4-D output whose spatial size
   is larger than 1x1 and that is followed by a non-spatial module (typically the last pooling layer before
   the classifier).
@@ -22,7 +23,7 @@ Example:
     >>> from modelshield.models import build_model
     >>> model = build_model("lenet5", in_channels=1, image_size=8, num_classes=10)
     >>> default_gate(model)
-    'body.pool2'
+    'body.pool1'
     >>> split = trace_gate(model, "body.pool2", torch.rand(2, 1, 8, 8))
     >>> split.gate_shape, split.tail[:2], split.cacheable
     ((16, 2, 2), ('body.flatten', 'body.fc1'), True)
@@ -41,7 +42,7 @@ from modelshield.errors import ConfigError, did_you_mean
 
 __all__ = ["DEFAULT_GATES", "GateSplit", "TailRunner", "default_gate", "gate_output", "resolve_module", "trace_gate"]
 
-DEFAULT_GATES: dict[str, str] = {"LeNet5": "body.pool2", "SmallVGG": "body.block3", "ResNet20": "body.layer3"}
+DEFAULT_GATES: dict[str, str] = {"LeNet5": "body.pool1", "SmallVGG": "body.block3", "ResNet20": "body.layer3"}
 
 
 class _GateReached(Exception):
@@ -222,6 +223,7 @@ def trace_gate(model: nn.Module, gate: str, example: torch.Tensor) -> GateSplit:
     if not split.tail_parameters(model):
         raise ConfigError(f"the tail after gate {gate!r} has no parameters to train")
     try:
+        model.eval()
         with torch.no_grad():
             again = TailRunner(model, split, example[:1])(gate_out[0])
         cacheable = again.shape == full.shape and torch.allclose(again, full, rtol=1e-4, atol=1e-5 * (1 + float(full.abs().max())))

@@ -43,7 +43,7 @@ __all__ = ["KeyGenConfig", "KeyGenResult", "generate_key", "key_effect"]
 
 @dataclass(frozen=True)
 class KeyGenConfig:
-    """Hyperparameters of key generation (defaults: the released VGG13 key's settings, more epochs).
+    """Hyperparameters of key generation (defaults: the released VGG13 key's settings).
 
     Attributes:
         epochs: passes over the images (``E_key``).
@@ -55,7 +55,7 @@ class KeyGenConfig:
         seed: seed of the random start; None draws one from the OS CSPRNG (use None for real keys).
     """
 
-    epochs: int = 3
+    epochs: int = 1
     batch_size: int = 256
     eps_mask: float = 0.01
     eps_offset: float = 0.003

@@ -14,6 +14,7 @@ SUITES: dict[str, str] = {
     "train": "modelshield.bench.train_suite",
     "lock": "modelshield.bench.lock_suite",
     "extraction": "modelshield.bench.extraction_suite",
+    "auth": "modelshield.bench.auth_suite",
 }
 
 

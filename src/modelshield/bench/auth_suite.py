@@ -1,0 +1,445 @@
+"""Suite ``auth``: AuthNet on LeNet-5 / MNIST and the small VGG / Fashion-MNIST (issue 4's acceptance).
+
+The protected models are the ``train`` suite's victims (shared through ``bench/cache/models``). Cells (each
+cached, so an interrupted run resumes):
+
+1. ``embed``: bits + key + decoy keys + tail fine-tuning (:func:`modelshield.auth.embed`), timed (wall and
+   process CPU time); the protected checkpoint and key file are kept in the suite's cache folder.
+2. ``clean-timing``: the clean model's training recipe run again in this run (2 epochs, scaled to the recipe's
+   epoch count), timed the same way (wall and process CPU time), for the embedding-cost ratio; the harness's
+   record of the victim's actual training time is shown beside it.
+3. ``eval``: clean, legitimate (with key), unauthorized (plain) accuracy on the test split; 10 random keys
+   drawn uniformly in the key space; 3 keys generated independently with the same public procedure (fresh
+   seeds, fresh bit draws) on the protected model and the training data (the first is "the second key").
+4. ``prune-*``: global magnitude pruning 10-50% of conv+linear weights; ``quant``: int8 dynamic quantization
+   (``nn.Linear`` only; convolutions stay float32). Legitimate and unauthorized accuracy after each.
+5. ``finetune-*``: the thief fine-tunes the protected model on plain inputs with true labels, 1/5/10% of the
+   60,000 official training images (drawn from the ``attacker`` split, disjoint from the victim's data);
+   compared with training from scratch and with fine-tuning the original (unprotected) weights, same budget.
+6. ``adaptive-*``: white-box thief with 1% / 5% of the data optimises a mask and offset of the key's form
+   (:func:`modelshield.attacks.adaptive_key.recover_key`); compared with training from scratch on the same data.
+7. ``cost``: parameter count and forward latency, clean vs protected (same architecture), and the key's cost.
+8. ``gate-*`` (full run only): the gate position study.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from modelshield.attacks.adaptive_key import AdaptiveKeyConfig, recover_key
+from modelshield.attacks.removal import finetune_model, prune_global_magnitude, quantize_int8_dynamic, sparsity
+from modelshield.attacks.removal.quantize import quantized_linear_count
+from modelshield.auth import AuthConfig, AuthKey, KeyGenConfig, channel_means, embed, generate_key, select_bits
+from modelshield.auth.evaluation import accuracy_with_key, evaluate_auth
+from modelshield.bench.harness import BenchContext, SuiteReport, markdown_table
+from modelshield.bench.train_suite import QUICK_TRAIN_SIZE, VICTIMS, victim
+from modelshield.models import build_model, load_checkpoint, save_checkpoint
+from modelshield.training import TrainConfig, evaluate, seed_everything, torch_threads, train_model
+
+__all__ = ["CONFIGS", "run"]
+
+DATASETS = ("mnist", "fashion-mnist")
+OFFICIAL_TRAIN = 60_000
+THREADS = 2
+TIMING_EPOCHS = 2
+# the per-dataset embedding configuration (seed filled in from the run's seed)
+CONFIGS: dict[str, AuthConfig] = {
+    "mnist": AuthConfig(gate="body.pool1", num_bits=2, tail_epochs=16, decoy_ratio=1.0, decoy_keys=3,
+                        key_images=5000, train_images=10_000),
+    "fashion-mnist": AuthConfig(gate="body.block3", tail_epochs=16, decoy_ratio=1.0, decoy_keys=3,
+                                key_images=5000, train_images=20_000),
+}
+QUICK_CONFIGS: dict[str, AuthConfig] = {
+    "mnist": replace(CONFIGS["mnist"], tail_epochs=6, train_images=4000, key_images=2000, decoy_keys=2),
+    "fashion-mnist": replace(CONFIGS["fashion-mnist"], tail_epochs=4, train_images=4000, key_images=2000, decoy_keys=2),
+}
+GATE_STUDY = {"mnist": ("body.pool1", "body.pool2"), "fashion-mnist": ("body.block2", "body.block3")}
+RANDOM_KEYS, QUICK_RANDOM_KEYS = 10, 3
+SECOND_KEYS, QUICK_SECOND_KEYS = 3, 1
+PRUNE = (0.1, 0.2, 0.3, 0.4, 0.5)
+QUICK_PRUNE = (0.3,)
+FRACTIONS, QUICK_FRACTIONS = (0.01, 0.05, 0.10), (0.05,)
+ADAPTIVE, QUICK_ADAPTIVE = (0.01, 0.05), (0.01,)
+BUDGET = TrainConfig(epochs=15, batch_size=64, lr=1e-3, optimizer="adam", schedule="cosine")
+QUICK_BUDGET = TrainConfig(epochs=3, batch_size=64, lr=1e-3, optimizer="adam", schedule="cosine")
+ADAPTIVE_CONFIG = AdaptiveKeyConfig(epochs=40, batch_size=128, lr=0.02, restarts=2)
+QUICK_ADAPTIVE_CONFIG = AdaptiveKeyConfig(epochs=8, batch_size=128, lr=0.02, restarts=1)
+
+# acceptance thresholds (issue 4)
+LEGIT_DROP_MAX = 1.0  # points
+UNAUTH_MAX = 0.15
+RANDOM_MEAN_MAX = 0.15
+SECOND_KEY_MAX = 0.20
+TRANSFORM_LEGIT_DROP_MAX = 2.0  # points, vs the unmodified protected model
+TRANSFORM_UNAUTH_MAX = 0.20
+COST_RATIO_MAX = 0.5
+
+
+def _config(ctx: BenchContext, dataset: str) -> AuthConfig:
+    base = (QUICK_CONFIGS if ctx.quick else CONFIGS)[dataset]
+    return replace(base, seed=ctx.seed)
+
+
+def _paths(ctx: BenchContext, dataset: str, tag: str = "") -> tuple[Path, Path]:
+    stem = f"{dataset}{tag}-protected"
+    return ctx.cache_dir / f"{stem}.safetensors", ctx.cache_dir / f"{stem}.authkey"
+
+
+def _timed(fn):  # type: ignore[no-untyped-def]
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def _embed_cell(ctx: BenchContext, dataset: str, config: AuthConfig, tag: str = "") -> dict[str, Any]:
+    checkpoint, _ = victim(ctx, dataset)
+    bundle = ctx.dataset(dataset)
+    with torch_threads(THREADS):
+        result, wall, cpu = _timed(lambda: embed(checkpoint.model, bundle.train, bundle.val, config=config, progress=ctx.progress))
+    model_path, key_path = _paths(ctx, dataset, tag)
+    meta = replace(checkpoint.meta, extra={**checkpoint.meta.extra, "auth": {"gate": result.split.gate, "config": config.to_dict()}})
+    save_checkpoint(model_path, result.model, meta)
+    result.key.save(key_path, overwrite=True)
+    return {"gate": result.split.gate, "gate_shape": list(result.split.gate_shape), "bits": list(result.bits.channels),
+            "bit_target": result.bits.target, "bit_change": result.bit_change, "other_change": result.other_change,
+            "mask_mean": float(result.key.mask.mean()), "val_legit": result.val_legit,
+            "val_unauthorized": result.val_unauthorized, "best_epoch": result.best_epoch, "history": result.history,
+            "timings": result.timings, "wall_seconds": wall, "cpu_seconds": cpu, "config": config.to_dict(),
+            "key_fingerprint": result.key.fingerprint, "model_fingerprint": result.key.model_fingerprint}
+
+
+def _protected(ctx: BenchContext, dataset: str, config: AuthConfig, tag: str = "") -> tuple[dict[str, Any], torch.nn.Module, AuthKey]:
+    name = f"{dataset}/embed{tag}"
+    record = ctx.cell(name, lambda: _embed_cell(ctx, dataset, config, tag))
+    model_path, key_path = _paths(ctx, dataset, tag)
+    if not (model_path.exists() and key_path.exists()):  # the cell survived but its files did not: redo it
+        (ctx.cache_dir / f"{name.replace('/', '_')}.json").unlink(missing_ok=True)
+        record = ctx.cell(name, lambda: _embed_cell(ctx, dataset, config, tag))
+    model = load_checkpoint(model_path).model
+    key = AuthKey.load(key_path)
+    key.check_model(model)
+    return record, model, key
+
+
+def _clean_timing(ctx: BenchContext, dataset: str) -> dict[str, Any]:
+    """Time the victim's training recipe in this run: ``TIMING_EPOCHS`` epochs, scaled to the recipe's epoch count.
+
+    An epoch costs the same whatever the schedule, so timing 2 of 12 epochs and scaling by 6 estimates the full
+    run at a sixth of its price (the harness's record of the actual victim training is reported beside it).
+    """
+    architecture, full, quick = VICTIMS[dataset]
+    recipe = quick if ctx.quick else full
+    config = replace(recipe, epochs=min(recipe.epochs, TIMING_EPOCHS))
+    scale = recipe.epochs / config.epochs
+    bundle = ctx.dataset(dataset)
+    info = bundle.info
+    train = bundle.train.subset(QUICK_TRAIN_SIZE, ctx.seed) if ctx.quick else bundle.train
+    seed_everything(ctx.seed)
+    model = build_model(architecture, in_channels=info.in_channels, image_size=info.image_size,
+                        num_classes=info.num_classes, normalization=info.normalization)
+    with torch_threads(THREADS):
+        result, wall, cpu = _timed(lambda: train_model(model, train, val=bundle.val, config=config, progress=ctx.progress,
+                                                       description=f"clean {architecture}/{dataset}"))
+    return {"wall_seconds": wall * scale, "cpu_seconds": cpu * scale, "measured_wall_seconds": wall,
+            "measured_cpu_seconds": cpu, "epochs_timed": result.epochs_run, "recipe_epochs": recipe.epochs,
+            "train_images": len(train)}
+
+
+def _second_keys(ctx: BenchContext, dataset: str, model: torch.nn.Module, key: AuthKey, config: AuthConfig,
+                 count: int) -> list[float]:
+    """Keys generated independently with the same public procedure (fresh seeds) on the protected model."""
+    bundle = ctx.dataset(dataset)
+    train = bundle.train
+    means = channel_means(model, key.gate, train.x)
+    num_bits = len(key.bits)
+    pool = config.bit_pool or max(num_bits, min(4 * num_bits, int((means > 0).sum())))
+    accs = []
+    for i in range(count):
+        gen = torch.Generator().manual_seed(10_000 + 97 * ctx.seed + i)
+        bits = select_bits(means, num_bits, config.gamma, pool=pool, generator=gen)
+        x = train.x if config.key_images is None else train.subset(config.key_images, 20_000 + i).x
+        other = generate_key(model, key.gate, x, bits, key.normalization,
+                             replace(config.key, seed=30_000 + 97 * ctx.seed + i)).key
+        accs.append(accuracy_with_key(model, other, bundle.test))
+    return accs
+
+
+def _eval_cell(ctx: BenchContext, dataset: str, model: torch.nn.Module, key: AuthKey, config: AuthConfig) -> dict[str, Any]:
+    checkpoint, record = victim(ctx, dataset)
+    bundle = ctx.dataset(dataset)
+    with torch_threads(THREADS):
+        report = evaluate_auth(model, key, bundle.test, random_keys=QUICK_RANDOM_KEYS if ctx.quick else RANDOM_KEYS,
+                               seed=ctx.seed + 1, verify=True)
+        second = _second_keys(ctx, dataset, model, key, config, QUICK_SECOND_KEYS if ctx.quick else SECOND_KEYS)
+        clean = evaluate(checkpoint.model, bundle.test).accuracy
+    return {"clean": clean, **report.to_dict(), "second_keys": second, "second_key": second[0],
+            "victim_train_seconds": record["train_seconds"]}
+
+
+def _transform_cells(ctx: BenchContext, dataset: str, model: torch.nn.Module, key: AuthKey) -> dict[str, Any]:
+    test = ctx.dataset(dataset).test
+    out: dict[str, Any] = {"prune": {}}
+
+    def measure(modified: torch.nn.Module) -> dict[str, float]:
+        with torch_threads(THREADS):
+            return {"legit": accuracy_with_key(modified, key, test), "unauthorized": evaluate(modified, test).accuracy}
+
+    for amount in (QUICK_PRUNE if ctx.quick else PRUNE):
+        def prune_cell(amount: float = amount) -> dict[str, float]:
+            pruned = prune_global_magnitude(model, amount)
+            return {**measure(pruned), "sparsity": sparsity(pruned)}
+        out["prune"][f"{amount:.1f}"] = ctx.cell(f"{dataset}/prune-{amount:.1f}", prune_cell)
+
+    def quant_cell() -> dict[str, Any]:
+        quantized = quantize_int8_dynamic(model)
+        return {**measure(quantized), "quantized_linear_layers": quantized_linear_count(quantized)}
+    out["quant"] = ctx.cell(f"{dataset}/quant", quant_cell)
+    return out
+
+
+def _attacker_data(ctx: BenchContext, dataset: str, fraction: float, seed: int):  # type: ignore[no-untyped-def]
+    return ctx.dataset(dataset).attacker.subset(round(fraction * OFFICIAL_TRAIN), seed)
+
+
+def _finetune_cell(ctx: BenchContext, dataset: str, model: torch.nn.Module, key: AuthKey, fraction: float) -> dict[str, Any]:
+    checkpoint, _ = victim(ctx, dataset)
+    bundle = ctx.dataset(dataset)
+    data = _attacker_data(ctx, dataset, fraction, ctx.seed)
+    budget = replace(QUICK_BUDGET if ctx.quick else BUDGET, seed=ctx.seed)
+    architecture = VICTIMS[dataset][0]
+    info = bundle.info
+    with torch_threads(THREADS):
+        seed_everything(ctx.seed)
+        tuned = finetune_model(model, data, config=budget, progress=ctx.progress)
+        seed_everything(ctx.seed)
+        original = finetune_model(checkpoint.model, data, config=budget, progress=ctx.progress)
+        seed_everything(ctx.seed)
+        scratch = build_model(architecture, in_channels=info.in_channels, image_size=info.image_size,
+                              num_classes=info.num_classes, normalization=info.normalization)
+        train_model(scratch, data, config=budget, progress=ctx.progress, description="scratch")
+        return {"images": len(data), "protected_finetuned": evaluate(tuned, bundle.test).accuracy,
+                "protected_finetuned_with_key": accuracy_with_key(tuned, key, bundle.test),
+                "scratch": evaluate(scratch, bundle.test).accuracy,
+                "original_finetuned": evaluate(original, bundle.test).accuracy}
+
+
+def _adaptive_cell(ctx: BenchContext, dataset: str, model: torch.nn.Module, key: AuthKey, fraction: float) -> dict[str, Any]:
+    bundle = ctx.dataset(dataset)
+    data = _attacker_data(ctx, dataset, fraction, ctx.seed)
+    config = replace(QUICK_ADAPTIVE_CONFIG if ctx.quick else ADAPTIVE_CONFIG, seed=ctx.seed)
+    with torch_threads(THREADS):
+        result = recover_key(model, data, key.normalization, config, gate=key.gate, progress=ctx.progress)
+        recovered = accuracy_with_key(model, result.key, bundle.test)
+    return {"images": len(data), "recovered_accuracy": recovered, "attacker_train_accuracy": result.train_accuracy,
+            "recovered_mask_mean": float(result.key.mask.mean()), "seconds": result.seconds}
+
+
+def _latency(model: torch.nn.Module, x: torch.Tensor, repeats: int = 30) -> float:
+    model.eval()
+    times = []
+    with torch.no_grad():
+        model(x)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _cost_cell(ctx: BenchContext, dataset: str, model: torch.nn.Module, key: AuthKey) -> dict[str, Any]:
+    checkpoint, _ = victim(ctx, dataset)
+    x = ctx.dataset(dataset).test.x[:256]
+    clean = checkpoint.model
+    with torch_threads(THREADS):
+        # interleave the two models so that load changes hit both alike
+        lat_clean, lat_prot, lat_key = [], [], []
+        for _ in range(5):
+            lat_clean.append(_latency(clean, x, 10))
+            lat_prot.append(_latency(model, x, 10))
+            lat_key.append(_latency(key.bind(model), x, 10))
+    return {"params_clean": sum(p.numel() for p in clean.parameters()),
+            "params_protected": sum(p.numel() for p in model.parameters()),
+            "same_architecture": [n for n, _ in clean.named_modules()] == [n for n, _ in model.named_modules()],
+            "latency_clean_ms": 1000 * statistics.median(lat_clean), "latency_protected_ms": 1000 * statistics.median(lat_prot),
+            "latency_protected_with_key_ms": 1000 * statistics.median(lat_key), "batch": len(x)}
+
+
+def _gate_cell(ctx: BenchContext, dataset: str, gate: str, config: AuthConfig) -> dict[str, Any]:
+    if gate == config.gate and config.num_bits is None:
+        record, model, key = _protected(ctx, dataset, config)
+    else:
+        record, model, key = _protected(ctx, dataset, replace(config, gate=gate, num_bits=None), tag=f"-gate-{gate}")
+    test = ctx.dataset(dataset).test
+    with torch_threads(THREADS):
+        report = evaluate_auth(model, key, test, random_keys=5, seed=ctx.seed + 1)
+        second = _second_keys(ctx, dataset, model, key, replace(config, gate=gate), 1)
+    return {"gate": gate, "bits": len(record["bits"]), "gate_shape": record["gate_shape"], "legit": report.legit,
+            "unauthorized": report.unauthorized, "random_mean": report.random_mean, "second_key": second[0],
+            "embed_wall_seconds": record["wall_seconds"]}
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}%"
+
+
+def _acceptance(res: dict[str, Any]) -> list[list[Any]]:
+    ev, tr, cost = res["eval"], res["transforms"], res["cost_ratio"]
+    drop = 100 * (ev["clean"] - ev["legit"])
+    rows = [
+        ["legit within 1.0 point of clean", f"{drop:+.2f} points ({_pct(ev['legit'])} vs {_pct(ev['clean'])})", drop <= LEGIT_DROP_MAX],
+        ["unauthorized <= 15%", _pct(ev["unauthorized"]), ev["unauthorized"] <= UNAUTH_MAX],
+        [f"mean of {len(ev['random_keys'])} random keys <= 15%", _pct(ev["random_mean"]), ev["random_mean"] <= RANDOM_MEAN_MAX],
+        ["independent second key <= 20%", _pct(ev["second_key"]), ev["second_key"] <= SECOND_KEY_MAX],
+    ]
+    for label, cell in (("pruning 30%", tr["prune"].get("0.3")), ("int8 quantization", tr["quant"])):
+        if cell is None:
+            continue
+        d = 100 * (ev["legit"] - cell["legit"])
+        rows.append([f"{label}: legit within 2 points, unauthorized <= 20%",
+                     f"legit {_pct(cell['legit'])} ({d:+.2f} points), unauthorized {_pct(cell['unauthorized'])}",
+                     d <= TRANSFORM_LEGIT_DROP_MAX and cell["unauthorized"] <= TRANSFORM_UNAUTH_MAX])
+    rows.append(["embedding cost <= 0.5x clean training (CPU time, same run)",
+                 f"{cost['cpu']:.2f}x CPU, {cost['wall']:.2f}x wall", cost["cpu"] <= COST_RATIO_MAX])
+    c = res["cost"]
+    rows.append(["inference cost identical (same architecture, parameters)",
+                 f"{c['params_protected']} vs {c['params_clean']} parameters; {c['latency_protected_ms']:.2f} vs "
+                 f"{c['latency_clean_ms']:.2f} ms per {c['batch']} images",
+                 c["same_architecture"] and c["params_protected"] == c["params_clean"]])
+    return [[a, b, "met" if ok else "MISSED"] for a, b, ok in rows]
+
+
+def _dataset(ctx: BenchContext, dataset: str) -> dict[str, Any]:
+    config = _config(ctx, dataset)
+    record, model, key = _protected(ctx, dataset, config)
+    timing = ctx.cell(f"{dataset}/clean-timing", lambda: _clean_timing(ctx, dataset))
+    ev = ctx.cell(f"{dataset}/eval", lambda: _eval_cell(ctx, dataset, model, key, config))
+    transforms = _transform_cells(ctx, dataset, model, key)
+    finetune = {f"{f:.2f}": ctx.cell(f"{dataset}/finetune-{f:.2f}", lambda f=f: _finetune_cell(ctx, dataset, model, key, f))
+                for f in (QUICK_FRACTIONS if ctx.quick else FRACTIONS)}
+    adaptive = {f"{f:.2f}": ctx.cell(f"{dataset}/adaptive-{f:.2f}", lambda f=f: _adaptive_cell(ctx, dataset, model, key, f))
+                for f in (QUICK_ADAPTIVE if ctx.quick else ADAPTIVE)}
+    cost = ctx.cell(f"{dataset}/cost", lambda: _cost_cell(ctx, dataset, model, key))
+    gates = {} if ctx.quick else {g: ctx.cell(f"{dataset}/gate-{g}", lambda g=g: _gate_cell(ctx, dataset, g, config))
+                                  for g in GATE_STUDY[dataset]}
+    ratio = {"wall": record["wall_seconds"] / timing["wall_seconds"], "cpu": record["cpu_seconds"] / timing["cpu_seconds"],
+             "wall_vs_victim_record": record["wall_seconds"] / ev["victim_train_seconds"]}
+    return {"architecture": VICTIMS[dataset][0], "config": record["config"], "embed": record, "clean_timing": timing,
+            "cost_ratio": ratio, "eval": ev, "transforms": transforms, "finetune": finetune, "adaptive": adaptive,
+            "cost": cost, "gate_study": gates}
+
+
+def _figure(results: dict[str, Any]):  # type: ignore[no-untyped-def]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(results), 3, figsize=(15, 4 * len(results)), squeeze=False)
+    for row, (dataset, res) in enumerate(results.items()):
+        ev = res["eval"]
+        ax = axes[row][0]
+        labels = ["clean", "with key", "no key", "random keys\n(mean)", "2nd key"]
+        values = [ev["clean"], ev["legit"], ev["unauthorized"], ev["random_mean"], ev["second_key"]]
+        ax.bar(labels, [100 * v for v in values], color=["grey", "tab:green", "tab:red", "tab:orange", "tab:purple"])
+        ax.set_ylim(0, 100)
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{res['architecture']} / {dataset}")
+        ax = axes[row][1]
+        amounts = sorted(res["transforms"]["prune"], key=float)
+        ax.plot([100 * float(a) for a in amounts], [100 * res["transforms"]["prune"][a]["legit"] for a in amounts], "o-", label="with key")
+        ax.plot([100 * float(a) for a in amounts], [100 * res["transforms"]["prune"][a]["unauthorized"] for a in amounts], "s-", label="no key")
+        ax.axhline(100 * res["transforms"]["quant"]["legit"], color="tab:green", ls=":", label="int8, with key")
+        ax.axhline(100 * res["transforms"]["quant"]["unauthorized"], color="tab:red", ls=":", label="int8, no key")
+        ax.set_xlabel("weights pruned (%)")
+        ax.set_ylim(0, 100)
+        ax.legend(fontsize=8)
+        ax.set_title("pruning and quantization")
+        ax = axes[row][2]
+        fr = sorted(res["finetune"], key=float)
+        xs = [100 * float(f) for f in fr]
+        ax.plot(xs, [100 * res["finetune"][f]["protected_finetuned"] for f in fr], "o-", label="fine-tuned protected (no key)")
+        ax.plot(xs, [100 * res["finetune"][f]["scratch"] for f in fr], "s--", label="from scratch")
+        ax.plot(xs, [100 * res["finetune"][f]["original_finetuned"] for f in fr], "^:", label="fine-tuned original")
+        ad = sorted(res["adaptive"], key=float)
+        ax.plot([100 * float(f) for f in ad], [100 * res["adaptive"][f]["recovered_accuracy"] for f in ad], "D", label="adaptive key")
+        ax.set_xlabel("thief's data (% of 60k)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.legend(fontsize=8)
+        ax.set_title("thief with a little data")
+    fig.tight_layout()
+    return fig
+
+
+def _markdown(results: dict[str, Any], quick: bool) -> str:
+    md: list[str] = []
+    for dataset, res in results.items():
+        ev, rec = res["eval"], res["embed"]
+        cfg = res["config"]
+        md += [f"## {res['architecture']} on {dataset}", "",
+               f"Gate `{rec['gate']}` {tuple(rec['gate_shape'])}, bits {rec['bits']} (target +{rec['bit_target']:.3f}, "
+               f"measured +{rec['bit_change']:.3f}; other channels {rec['other_change']:.3f} mean absolute change), "
+               f"mask mean {rec['mask_mean']:.3f}. Tail: {cfg['tail_epochs']} epochs on {cfg['train_images'] or 'all'} "
+               f"training images, decoy ratio {cfg['decoy_ratio']}, {cfg['decoy_keys']} decoy keys; kept epoch {rec['best_epoch']}.", "",
+               "### Acceptance", "", markdown_table(["criterion", "measured", "verdict"], _acceptance(res)), "",
+               "### Accuracy (test split)", "",
+               markdown_table(["view", "accuracy"], [
+                   ["clean model", _pct(ev["clean"])], ["protected, with the key", _pct(ev["legit"])],
+                   ["protected, no key", _pct(ev["unauthorized"])],
+                   [f"{len(ev['random_keys'])} random keys: mean / max", f"{_pct(ev['random_mean'])} / {_pct(ev['random_max'])}"],
+                   [f"{len(ev['second_keys'])} independently generated keys", ", ".join(_pct(v) for v in ev["second_keys"])],
+               ]), "",
+               "### Transformations (protected model)", "",
+               markdown_table(["transformation", "with key", "no key", "note"],
+                              [[f"global magnitude pruning {100 * float(a):.0f}%", _pct(c["legit"]), _pct(c["unauthorized"]),
+                                f"sparsity {100 * c['sparsity']:.1f}%"] for a, c in sorted(res["transforms"]["prune"].items())]
+                              + [["int8 dynamic quantization", _pct(res["transforms"]["quant"]["legit"]),
+                                  _pct(res["transforms"]["quant"]["unauthorized"]),
+                                  f"{res['transforms']['quant']['quantized_linear_layers']} Linear layers int8; convolutions stay float32"]]), "",
+               "### Thief with a little data (same budget for every row of a fraction)", "",
+               markdown_table(["thief's data", "fine-tuned protected, no key", "... with the key", "from scratch", "fine-tuned original"],
+                              [[f"{100 * float(f):.0f}% ({c['images']} images)", _pct(c["protected_finetuned"]),
+                                _pct(c["protected_finetuned_with_key"]), _pct(c["scratch"]), _pct(c["original_finetuned"])]
+                               for f, c in sorted(res["finetune"].items())]), "",
+               markdown_table(["thief's data", "adaptive key (white box)", "from scratch (same data)"],
+                              [[f"{100 * float(f):.0f}% ({c['images']} images)", _pct(c["recovered_accuracy"]),
+                                _pct(res["finetune"][f]["scratch"]) if f in res["finetune"] else "-"]
+                               for f, c in sorted(res["adaptive"].items())]), "",
+               "### Cost", "",
+               markdown_table(["quantity", "value"], [
+                   ["embedding (keys + tail), wall / CPU", f"{rec['wall_seconds']:.1f} s / {rec['cpu_seconds']:.1f} s"],
+                   [f"clean training in this run ({res['clean_timing']['epochs_timed']} epochs timed, scaled to {res['clean_timing']['recipe_epochs']}), wall / CPU",
+                    f"{res['clean_timing']['wall_seconds']:.1f} s / {res['clean_timing']['cpu_seconds']:.1f} s"],
+                   ["ratio, CPU time / wall time", f"{res['cost_ratio']['cpu']:.3f} / {res['cost_ratio']['wall']:.3f}"],
+                   ["ratio vs the harness's record of the victim's training (wall)", f"{res['cost_ratio']['wall_vs_victim_record']:.3f}"],
+                   ["embedding steps (s)", ", ".join(f"{k} {v:.1f}" for k, v in rec["timings"].items())],
+                   ["parameters clean / protected", f"{res['cost']['params_clean']} / {res['cost']['params_protected']}"],
+                   ["forward latency clean / protected / protected + key (ms per batch of 256)",
+                    f"{res['cost']['latency_clean_ms']:.2f} / {res['cost']['latency_protected_ms']:.2f} / "
+                    f"{res['cost']['latency_protected_with_key_ms']:.2f}"],
+               ]), ""]
+        if res["gate_study"]:
+            md += ["### Gate position study (same settings, default bit count per gate)", "",
+                   markdown_table(["gate", "output", "bits", "with key", "no key", "random keys (mean of 5)", "2nd key", "embed wall (s)"],
+                                  [[f"`{g}`", "x".join(map(str, c["gate_shape"])), c["bits"], _pct(c["legit"]),
+                                    _pct(c["unauthorized"]), _pct(c["random_mean"]), _pct(c["second_key"]),
+                                    f"{c['embed_wall_seconds']:.0f}"] for g, c in res["gate_study"].items()]), ""]
+    md += ["Notes: accuracies are on the official test split (10,000 images). Keys are applied in normalised input",
+           "space (`AuthKey.apply` on raw images). Random keys: m ~ U[0, 0.5] per pixel, P ~ U[-0.5, 0.5]. Decoy keys and",
+           "decoy negatives (random keys) are an extension beyond the paper, used in training only; every key evaluated",
+           "here is drawn fresh (other seeds)." + (" Quick run: reduced data, epochs and grids." if quick else "")]
+    return "\n".join(md)
+
+
+def run(ctx: BenchContext) -> SuiteReport:
+    """Embed, evaluate and attack AuthNet on both benchmark models."""
+    results = {dataset: _dataset(ctx, dataset) for dataset in DATASETS}
+    return SuiteReport(results=json.loads(json.dumps(results)), markdown=_markdown(results, ctx.quick),
+                       figures={"summary": _figure(results)})
+

@@ -1,0 +1,114 @@
+"""AuthNet end to end on a tiny CNN: the keyed/unkeyed gap is real, and nothing but the tail changed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from modelshield.auth import AuthConfig, KeyGenConfig, embed
+from modelshield.auth.evaluation import accuracy_with_key, evaluate_auth
+from modelshield.errors import ConfigError
+from modelshield.models import build_model
+from modelshield.training import evaluate
+
+from .conftest import Protected, tiny_cnn
+
+
+def test_key_opens_the_model_and_plain_inputs_do_not(protected: Protected) -> None:
+    clean_acc = evaluate(protected.clean, protected.test).accuracy
+    report = evaluate_auth(protected.result.model, protected.result.key, protected.test, random_keys=3, seed=7, verify=True)
+    assert clean_acc >= 0.95
+    assert report.legit >= clean_acc - 0.05
+    assert report.unauthorized <= 0.35  # 4 classes: chance is 0.25; the clean model scores >= 0.95 here
+    assert report.legit - report.unauthorized >= 0.5
+    assert report.random_mean is not None and report.random_mean <= 0.6
+
+
+def test_the_gap_comes_from_the_tail_training_not_from_the_key(protected: Protected) -> None:
+    # the same key on the clean (unprotected) model changes little: the key is not what breaks plain inputs
+    key = protected.result.key
+    assert accuracy_with_key(protected.clean, key, protected.test) >= 0.8
+    assert evaluate(protected.clean, protected.test).accuracy >= 0.95
+
+
+def test_head_is_frozen_and_architecture_unchanged(protected: Protected) -> None:
+    result = protected.result
+    clean_state, new_state = protected.clean.state_dict(), result.model.state_dict()
+    assert list(clean_state) == list(new_state)
+    assert all(clean_state[k].shape == new_state[k].shape for k in clean_state)
+    assert result.split.gate == "2" and result.split.head == ("0", "1", "2")
+    for name in ("0.weight", "0.bias"):
+        assert torch.equal(clean_state[name], new_state[name])
+    assert not torch.equal(clean_state["6.weight"], new_state["6.weight"])
+    assert all(p.requires_grad for p in result.model.parameters())  # flags restored
+
+
+def test_key_is_bound_to_the_protected_model(protected: Protected) -> None:
+    key = protected.result.key
+    key.check_model(protected.result.model)
+    with pytest.raises(ConfigError, match="fingerprint"):
+        key.check_model(protected.clean)
+    with pytest.raises(ConfigError, match="fingerprint"):
+        key.bind(protected.clean)
+    with pytest.raises(ConfigError, match="N x 1x12x12"):
+        key.apply(torch.rand(2, 1, 8, 8))
+
+
+def test_batchnorm_statistics_in_the_head_stay_frozen() -> None:
+    from modelshield.data import make_synthetic
+
+    data = make_synthetic(96, num_classes=3, image_size=12, seed=1)
+    model = build_model("vgg", in_channels=1, image_size=12, num_classes=3, widths=(4, 8, 8))
+    model.body.block1.bn1.running_mean.fill_(0.3)  # something training would move
+    config = AuthConfig(tail_epochs=2, decoy_keys=0, decoy_ratio=0.5, num_bits=2, seed=0, key=KeyGenConfig(seed=0))
+    result = embed(model, data[torch.arange(64)], data[torch.arange(64, 96)], config=config, progress=False)
+    before, after = model.state_dict(), result.model.state_dict()
+    head = [k for k in before if k.startswith(("body.block1", "body.block2", "body.block3", "normalize"))]
+    assert head and all(torch.equal(before[k], after[k]) for k in head)
+    tail = [k for k in before if k.startswith(("body.fc1", "classifier"))]
+    assert any(not torch.equal(before[k], after[k]) for k in tail)
+
+
+def test_seeded_embedding_is_deterministic() -> None:
+    from modelshield.data import make_synthetic
+
+    data = make_synthetic(80, num_classes=3, image_size=12, seed=2)
+    config = AuthConfig(tail_epochs=1, decoy_keys=1, num_bits=1, seed=5, key=KeyGenConfig(seed=5))
+    a = embed(tiny_cnn(classes=3), data[torch.arange(60)], data[torch.arange(60, 80)], config=config, progress=False)
+    torch.manual_seed(0)
+    model = tiny_cnn(classes=3)
+    torch.manual_seed(0)
+    model_again = tiny_cnn(classes=3)
+    b = embed(model, data[torch.arange(60)], data[torch.arange(60, 80)], config=config, progress=False)
+    c = embed(model_again, data[torch.arange(60)], data[torch.arange(60, 80)], config=config, progress=False)
+    assert b.key == c.key and a.key.bits == b.key.bits
+
+
+def test_embedding_rejects_bad_inputs() -> None:
+    from modelshield.data import make_synthetic
+
+    data = make_synthetic(40, num_classes=6, image_size=12, seed=0)
+    with pytest.raises(ConfigError, match="labels go up to"):
+        embed(tiny_cnn(classes=4), data[torch.arange(30)], data[torch.arange(30, 40)],
+              config=AuthConfig(tail_epochs=1, seed=0), progress=False)
+    with pytest.raises(ConfigError, match="not a module"):
+        embed(tiny_cnn(classes=6), data[torch.arange(30)], data[torch.arange(30, 40)],
+              config=AuthConfig(gate="body.pool9", tail_epochs=1, seed=0), progress=False)
+    with pytest.raises(ConfigError, match="decoy_keys needs decoy_ratio"):
+        AuthConfig(decoy_ratio=0.0, decoy_keys=2)
+    with pytest.raises(ConfigError, match="gamma"):
+        AuthConfig(gamma=0)
+
+
+def test_works_for_other_class_counts_and_colour_inputs() -> None:
+    from modelshield.data import make_synthetic
+
+    data = make_synthetic(60, num_classes=7, channels=3, image_size=16, seed=3)
+    model = build_model("resnet20", in_channels=3, image_size=16, num_classes=7)
+    config = AuthConfig(tail_epochs=1, decoy_keys=0, decoy_ratio=0.0, num_bits=2, train_images=40, seed=0,
+                        key=KeyGenConfig(seed=0, batch_size=16))
+    result = embed(model, data[torch.arange(48)], data[torch.arange(48, 60)], config=config, progress=False)
+    assert result.split.gate == "body.layer3" and result.key.input_shape == (3, 16, 16)
+    assert result.model(result.key.apply(data.x[:2])).shape == (2, 7)
+    assert isinstance(result.model, nn.Module)
