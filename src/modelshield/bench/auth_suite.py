@@ -51,14 +51,14 @@ THREADS = 2
 TIMING_EPOCHS = 2
 # the per-dataset embedding configuration (seed filled in from the run's seed)
 CONFIGS: dict[str, AuthConfig] = {
-    "mnist": AuthConfig(gate="body.pool1", num_bits=2, tail_epochs=16, decoy_ratio=1.0, decoy_keys=3,
-                        key_images=5000, train_images=10_000),
-    "fashion-mnist": AuthConfig(gate="body.block3", tail_epochs=16, decoy_ratio=1.0, decoy_keys=3,
-                                key_images=5000, train_images=20_000),
+    "mnist": AuthConfig(gate="body.pool1", num_bits=2, tail_epochs=24, lr_milestones=(0.6, 0.85), decoy_ratio=1.0,
+                        decoy_keys=3, key_images=5000, train_images=10_000),
+    "fashion-mnist": AuthConfig(gate="body.block3", tail_epochs=16, lr_milestones=(0.6, 0.85), decoy_ratio=1.0,
+                                decoy_keys=3, key_images=5000, train_images=20_000),
 }
 QUICK_CONFIGS: dict[str, AuthConfig] = {
-    "mnist": replace(CONFIGS["mnist"], tail_epochs=6, train_images=4000, key_images=2000, decoy_keys=2),
-    "fashion-mnist": replace(CONFIGS["fashion-mnist"], tail_epochs=4, train_images=4000, key_images=2000, decoy_keys=2),
+    "mnist": replace(CONFIGS["mnist"], tail_epochs=12, train_images=6000, key_images=2000, decoy_keys=2),
+    "fashion-mnist": replace(CONFIGS["fashion-mnist"], tail_epochs=6, train_images=6000, key_images=2000, decoy_keys=2),
 }
 GATE_STUDY = {"mnist": ("body.pool1", "body.pool2"), "fashion-mnist": ("body.block2", "body.block3")}
 RANDOM_KEYS, QUICK_RANDOM_KEYS = 10, 3
