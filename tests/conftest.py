@@ -1,4 +1,8 @@
-"""Shared test setup: 2 torch threads, seeded, and the real datasets when they are beside the project."""
+"""Shared test setup: 2 torch threads, seeded, and the real datasets when they are beside the project.
+
+``MODELSHIELD_TEST_THREADS`` overrides the thread count (use 1 when other jobs share the cores: two OpenMP
+threads on one free core spin against each other and run many times slower).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("MODELSHIELD_TEST_THREADS", "2")))
 
 REPO = Path(__file__).resolve().parents[1]
 
