@@ -52,14 +52,16 @@ FRACTIONS = (0.01, 0.05, 0.10)
 QUICK_FRACTIONS = (0.01, 0.05)
 FINETUNE_BUDGET = TrainConfig(epochs=10, batch_size=64, lr=1e-3, optimizer="adam", schedule="cosine")
 QUICK_BUDGET = TrainConfig(epochs=2, batch_size=64, lr=1e-3, optimizer="adam", schedule="cosine")
-FINETUNE_SEEDS = {0.01: (0, 1, 2), 0.05: (0, 1), 0.10: (0, 1)}  # the smallest subset is the noisiest
+FINETUNE_SEEDS = {0.01: (0, 1), 0.05: (0,), 0.10: (0,)}  # the smallest subset is the noisiest: two draws
 WRONG_KEYS = 10
 SPEED_MIB = 128
 QUICK_SPEED_MIB = 32
 SPEED_REPEATS = 5
 THREADS = {"mnist": 1, "fashion-mnist": 2}
 ALL_ARMS = ("scratch", "original", "locked-init", "locked-zero")
-FULL_ARMS = {"mnist": ALL_ARMS, "fashion-mnist": ALL_ARMS}
+# Chosen when the VGG trained at ~150 images/s on the busy shared cores: its full grid runs the stronger repair
+# (init) only. (The full run then took 12.8 min in all; a wider grid is affordable on a quiet machine.)
+FULL_ARMS = {"mnist": ALL_ARMS, "fashion-mnist": ("scratch", "original", "locked-init")}
 
 
 def _bench_key(label: str, seed: int) -> SecretKey:
@@ -401,7 +403,8 @@ def _markdown(results: dict[str, Any], fractions: tuple[float, ...]) -> str:
            f"Fractions are of the {b['fractions_of']:,} official training images, drawn from the `attacker` split. "
            "`locked-init`: the ctr-locked weights with NaN/Inf and |w| > 1 replaced by a fresh default initialisation's "
            "values; `locked-zero`: replaced by 0; both flush subnormals to 0, reset BatchNorm statistics and restore the "
-           "public input normalisation.", ""]
+           "public input normalisation. The full Fashion-MNIST grid runs `locked-init` only (the zero fill was the "
+           "weaker repair on MNIST and in the quick run).", ""]
     for dataset, entry in results["datasets"].items():
         fine, arms = entry["finetune"], entry["arms"]
         rows = []
