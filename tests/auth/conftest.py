@@ -30,7 +30,6 @@ class Protected:
 
 @pytest.fixture(scope="session")
 def protected() -> Protected:
-    torch.set_num_threads(2)
     seed_everything(0)
     full = make_synthetic(2000, num_classes=4, image_size=12, seed=0)
     train, val, test = full[torch.arange(1200)], full[torch.arange(1200, 1500)], full[torch.arange(1500, 2000)]
