@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 __all__ = ["atomic_write_bytes"]
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644) -> Path:
+def atomic_write_bytes(
+    path: str | os.PathLike[str], data: bytes | memoryview | Iterable[bytes | memoryview], *, mode: int = 0o644
+) -> Path:
     """Write ``data`` to ``path`` atomically (temporary file in the same folder, fsync, rename).
+
+    ``data`` is one bytes-like object or an iterable of them, written in order without being joined (so a
+    large payload is never copied).
 
     The file is created with ``mode`` from the start (never world-readable for a moment when ``mode`` is
     0o600). A reader sees either the old file or the whole new one, never a partial write.
@@ -27,7 +33,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, mode: int =
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            for part in [data] if isinstance(data, (bytes, bytearray, memoryview)) else data:
+                handle.write(part)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)

@@ -25,7 +25,6 @@ import hmac
 import os
 import secrets
 import sys
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from modelshield._io import atomic_write_bytes
 from modelshield.errors import ConfigError, FormatError, IntegrityError, did_you_mean
 from modelshield.keys import ScryptParams, SecretKey
 from modelshield.lock.engine import lock_payload, unlock_payload
@@ -260,24 +260,7 @@ class LockedModel:
 
     def save(self, path: str | os.PathLike[str], *, mode: int = 0o644) -> Path:
         """Write the file atomically (temporary file in the same folder, fsync, rename); returns the path."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            os.fchmod(fd, mode)
-            with os.fdopen(fd, "wb") as handle:
-                for part in self._parts():
-                    handle.write(part)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-        return target
+        return atomic_write_bytes(path, self._parts(), mode=mode)
 
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview, source: str = "<bytes>") -> LockedModel:
