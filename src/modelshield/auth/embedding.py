@@ -9,8 +9,9 @@ Steps (see ``shared/specs/authnet.md``):
 3. Fine-tune the tail with cross-entropy on the 1:1 union of ``(key(x), y)`` and ``(x, y~)``, where ``y~``
    is a uniformly random label drawn once per training image (seeded) and kept fixed. Adam, step decay
    (x0.1 at the ``lr_milestones`` fractions of the run). After every epoch the validation split is scored
-   with and without the key; the kept weights maximise ``legit - unauthorized`` accuracy (ties: the later
-   epoch is not preferred).
+   with the key, without it and (when decoys are on) under decoy keys (random keys and the decoy keys, other
+   draws than in training); the kept weights maximise ``legit - max(unauthorized, decoy)`` accuracy (ties:
+   the earlier epoch).
 
 When the split is cacheable (the tail depends on the gate output alone) the gate activations of the keyed
 and plain images are computed once and only the tail runs during training; otherwise the whole network
@@ -286,6 +287,14 @@ def embed(model: nn.Module, train: TensorData, val: TensorData, *, config: AuthC
     else:
         decoys = random_keyed(decoys, normalization, gen, key.theta)
     fake_decoys = torch.randint(0, num_classes, (len(decoys),), generator=gen)
+    # validation decoys (only with decoy training): each val image under a random key or one of the decoy keys
+    val_decoy_x = None
+    if config.decoy_ratio:
+        owner = torch.arange(len(val)) % (len(decoy_keys) + 1)
+        val_decoy_x = random_keyed(val.x, normalization, gen, key.theta)
+        for k, other in enumerate(decoy_keys, start=1):
+            if bool((owner == k).any()):
+                val_decoy_x[owner == k] = other.apply(val.x[owner == k])
     if split.cacheable:
         runner = TailRunner(model, split, example)
         parts = [_gate_batches(model, gate, train.x, key), _gate_batches(model, gate, train.x, None)]
@@ -293,10 +302,11 @@ def embed(model: nn.Module, train: TensorData, val: TensorData, *, config: AuthC
             parts.append(_gate_batches(model, gate, decoys, None))
         inputs = torch.cat(parts)
         val_keyed, val_plain = _gate_batches(model, gate, val.x, key), _gate_batches(model, gate, val.x, None)
+        val_decoy = None if val_decoy_x is None else _gate_batches(model, gate, val_decoy_x, None)
         forward = runner
     else:
         inputs = torch.cat([key.apply(train.x), train.x, decoys])
-        val_keyed, val_plain = key.apply(val.x), val.x
+        val_keyed, val_plain, val_decoy = key.apply(val.x), val.x, val_decoy_x
         forward = model
     del decoys
     labels = torch.cat([train.y, fake, fake_decoys])
@@ -311,12 +321,13 @@ def embed(model: nn.Module, train: TensorData, val: TensorData, *, config: AuthC
     history: list[dict[str, float]] = []
     best: tuple[float, int, dict[str, torch.Tensor] | None, float, float] = (-2.0, 0, None, 0.0, 0.0)
 
-    def scores() -> tuple[float, float]:
+    def accuracy(batch: torch.Tensor) -> float:
+        return score_logits(torch.cat([forward(batch[i : i + 1024]) for i in range(0, len(batch), 1024)]), val.y).accuracy
+
+    def scores() -> tuple[float, float, float | None]:
         model.eval()
         with torch.no_grad():
-            legit = score_logits(torch.cat([forward(val_keyed[i : i + 1024]) for i in range(0, len(val_keyed), 1024)]), val.y)
-            plain = score_logits(torch.cat([forward(val_plain[i : i + 1024]) for i in range(0, len(val_plain), 1024)]), val.y)
-        return legit.accuracy, plain.accuracy
+            return accuracy(val_keyed), accuracy(val_plain), None if val_decoy is None else accuracy(val_decoy)
 
     try:
         with make_progress(progress) as bar:
@@ -335,12 +346,16 @@ def embed(model: nn.Module, train: TensorData, val: TensorData, *, config: AuthC
                     sched.step()
                     total += float(loss.detach()) * len(index)
                     bar.advance(task)
-                legit, plain = scores()
-                history.append({"epoch": epoch, "loss": total / len(inputs), "val_legit": legit,
-                                "val_unauthorized": plain, "seconds": time.perf_counter() - t0})
+                legit, plain, decoy = scores()
+                record = {"epoch": epoch, "loss": total / len(inputs), "val_legit": legit, "val_unauthorized": plain,
+                          "seconds": time.perf_counter() - t0}
+                if decoy is not None:
+                    record["val_decoy"] = decoy
+                history.append(record)
                 bar.update(task, status=f"legit {legit:.3f} plain {plain:.3f}")
-                if legit - plain > best[0]:
-                    best = (legit - plain, epoch, copy.deepcopy(model.state_dict()), legit, plain)
+                score = legit - max(plain, decoy or 0.0)
+                if score > best[0]:
+                    best = (score, epoch, copy.deepcopy(model.state_dict()), legit, plain)
     finally:
         for p in model.parameters():
             p.requires_grad_(True)

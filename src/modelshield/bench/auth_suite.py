@@ -51,8 +51,8 @@ THREADS = 1  # one thread: two OpenMP threads spin against other jobs on a share
 TIMING_EPOCHS = 2
 # the per-dataset embedding configuration (seed filled in from the run's seed)
 CONFIGS: dict[str, AuthConfig] = {
-    "mnist": AuthConfig(gate="body.pool1", tail_epochs=12, lr_milestones=(0.6, 0.85), decoy_ratio=1.0,
-                        decoy_keys=6, key_images=5000, train_images=10_000),
+    "mnist": AuthConfig(gate="body.pool1", tail_epochs=14, lr_milestones=(0.6, 0.85), decoy_ratio=1.0,
+                        decoy_keys=6, key_images=5000, train_images=8000),
     "fashion-mnist": AuthConfig(gate="body.block2", tail_epochs=8, lr_milestones=(0.6, 0.85), decoy_ratio=1.0,
                                 decoy_keys=6, key_images=5000, train_images=10_000),
 }
