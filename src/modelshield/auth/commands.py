@@ -58,7 +58,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     checkpoint, bundle, dataset = _load(args)
     config = AuthConfig(gate=args.gate, num_bits=args.bits, bit_pool=args.bit_pool, gamma=args.gamma,
                         tail_epochs=args.tail_epochs, tail_lr=args.tail_lr, decoy_ratio=args.decoy_ratio,
-                        decoy_keys=args.decoy_keys, key_images=args.key_images, train_images=args.train_images,
+                        decoy_keys=args.decoy_keys, near_share=args.near_share, keyed_weight=args.keyed_weight, key_images=args.key_images, train_images=args.train_images,
                         seed=args.seed, key=KeyGenConfig(epochs=args.key_epochs))
     result = embed(checkpoint.model, bundle.train, bundle.val, config=config, progress=not args.quiet)
     clean = evaluate(checkpoint.model, bundle.test).accuracy
@@ -139,14 +139,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--bit-pool", type=int, default=None,
                    help="draw the bits among this many lowest live channels (default 4x bits; = --bits: the paper's fixed choice)")
     p.add_argument("--gamma", type=float, default=2.0, help="bit target multiplier")
-    p.add_argument("--key-epochs", type=int, default=1, help="key-generation epochs")
+    p.add_argument("--key-epochs", type=int, default=5, help="key-generation epochs")
     p.add_argument("--key-images", type=int, default=None, help="generate keys on a subset of N training images (default all)")
     p.add_argument("--train-images", type=int, default=None, help="fine-tune the tail on a subset of N training images (default all)")
-    p.add_argument("--tail-epochs", type=int, default=16, help="tail fine-tuning epochs")
+    p.add_argument("--tail-epochs", type=int, default=10, help="tail fine-tuning epochs")
     p.add_argument("--tail-lr", type=float, default=1e-3, help="tail learning rate (Adam)")
     p.add_argument("--decoy-ratio", type=float, default=1.0,
                    help="extra negatives under other keys, per training image (0 with --decoy-keys 0: the paper's method)")
-    p.add_argument("--decoy-keys", type=int, default=3, help="independently generated keys among the decoys")
+    p.add_argument("--decoy-keys", type=int, default=2, help="independently generated keys among the decoys")
+    p.add_argument("--near-share", type=float, default=0.5,
+                   help="share of the decoys under partial copies of the key (near misses)")
+    p.add_argument("--keyed-weight", type=float, default=2.0,
+                   help="loss weight of the keyed samples (negatives weigh 1)")
     p.add_argument("--seed", type=int, default=None,
                    help="seed for a reproducible key (default: fresh randomness; a known seed lets anyone with the data regenerate the key)")
     p.add_argument("--force", action="store_true", help="overwrite --out and --key-out")

@@ -4,10 +4,13 @@ Steps (see ``shared/specs/authnet.md``):
 
 1. Split the model at the gate (:func:`~modelshield.auth.gate.trace_gate`); freeze every head parameter and
    keep head modules in eval mode while training (BatchNorm statistics included).
-2. Choose the bits on the training split (:func:`~modelshield.auth.bits.select_bits`) and generate the key
-   (:func:`~modelshield.auth.keygen.generate_key`).
+2. Choose the bits (:func:`~modelshield.auth.bits.select_bits`; ``a_c`` estimated on the key-generation
+   images) and generate the key (:func:`~modelshield.auth.keygen.generate_key`).
 3. Fine-tune the tail with cross-entropy on the 1:1 union of ``(key(x), y)`` and ``(x, y~)``, where ``y~``
-   is a uniformly random label drawn once per training image (seeded) and kept fixed. Adam, step decay
+   is a uniformly random label drawn once per training image (seeded) and kept fixed. Beyond the paper,
+   further negatives with fixed random labels (``decoy_ratio``): near misses of the key (``near_share``),
+   images under independently generated decoy keys, and images under uniformly random keys; the keyed
+   samples' loss weighs ``keyed_weight``. Adam, step decay
    (x0.1 at the ``lr_milestones`` fractions of the run). After every epoch the validation split is scored
    with the key, without it and (when decoys are on) under decoy keys (random keys and the decoy keys, other
    draws than in training); the kept weights maximise ``legit - max(unauthorized, decoy)`` accuracy (ties:
@@ -55,7 +58,7 @@ from modelshield.errors import ConfigError
 from modelshield.models.zoo import Normalize
 from modelshield.training import make_progress, score_logits
 
-__all__ = ["AuthConfig", "EmbedResult", "default_num_bits", "embed", "model_normalization", "random_keyed"]
+__all__ = ["AuthConfig", "EmbedResult", "default_num_bits", "embed", "model_normalization", "near_keyed", "random_keyed"]
 
 
 def default_num_bits(channels: int) -> int:
@@ -85,13 +88,20 @@ class AuthConfig:
         tail_lr: Adam learning rate.
         lr_milestones: fractions of the run after which the learning rate is multiplied by 0.1.
         weight_decay: Adam weight decay on the tail.
-        decoy_ratio: extension beyond the paper (default 1; 0 = the paper's 1:1 keyed/plain union). Adds
+        decoy_ratio: extension beyond the paper (default 1; 0 with ``decoy_keys = 0`` = the paper's 1:1
+            keyed/plain union). Adds
             ``round(decoy_ratio * n)`` further negatives: training images under their own uniformly random key
             (``m`` ~ U[0, 0.5], ``P`` ~ U[-theta, theta], one key per image), with fixed random labels, so the
             tail also learns that "some key" is not "the key".
-        decoy_keys: extension beyond the paper (default 3; 0 = off). Generate this many further keys with the same
-            procedure (other seeds, other random bit draws) and put half of the decoy negatives under them,
-            so the tail learns to reject independently generated keys, not only uniformly random ones.
+        decoy_keys: extension beyond the paper (default 2; 0 = off). Generate this many further keys with the same
+            procedure (other seeds; every other one targets the key's own bits, the rest other random bit draws)
+            and put half of the non-near decoy negatives under them, so the tail learns to reject independently
+            generated keys, not only uniformly random ones.
+        near_share: extension beyond the paper (default 0.5). This share of the decoy negatives is under a
+            partial copy of the key (:func:`near_keyed`: a random 0-80% of its pixels, the rest random or
+            plain), so the tail needs the whole key, not something near it. No effect with ``decoy_ratio = 0``.
+        keyed_weight: weight of the keyed samples' loss (default 2; the negatives weigh 1), which keeps the
+            legitimate accuracy close to the clean model's while the tail learns to reject.
         key_images: train the key on a seeded subset of this many training images (None = all of them).
         train_images: fine-tune the tail on a seeded subset of this many training images (None = all).
         seed: seed of the bit draw, key start, fixed random labels and shuffling; None = from the OS CSPRNG.
@@ -102,13 +112,15 @@ class AuthConfig:
     bit_pool: int | None = None
     gamma: float = 2.0
     key: KeyGenConfig = field(default_factory=KeyGenConfig)
-    tail_epochs: int = 16
+    tail_epochs: int = 10
     tail_batch_size: int = 256
     tail_lr: float = 1e-3
-    lr_milestones: tuple[float, ...] = (0.5, 0.75)
+    lr_milestones: tuple[float, ...] = (0.6, 0.85)
     weight_decay: float = 0.0
     decoy_ratio: float = 1.0
-    decoy_keys: int = 3
+    decoy_keys: int = 2
+    near_share: float = 0.5
+    keyed_weight: float = 2.0
     key_images: int | None = None
     train_images: int | None = None
     seed: int | None = None
@@ -128,6 +140,10 @@ class AuthConfig:
             raise ConfigError(f"decoy_ratio must be in [0, 4], got {self.decoy_ratio}")
         if not 0 <= self.decoy_keys <= 64:
             raise ConfigError(f"decoy_keys must be in 0..64, got {self.decoy_keys}")
+        if not 0 < self.keyed_weight <= 100:
+            raise ConfigError(f"keyed_weight must be in (0, 100], got {self.keyed_weight}")
+        if not 0 <= self.near_share <= 1:
+            raise ConfigError(f"near_share must be in [0, 1], got {self.near_share}")
         if self.decoy_keys and not self.decoy_ratio:
             raise ConfigError("decoy_keys needs decoy_ratio > 0 (the decoy keys are applied to decoy negatives)")
         for name in ("key_images", "train_images"):
@@ -198,6 +214,31 @@ def _subseed(seed: int, tag: str) -> int:
     return int.from_bytes(hashlib.sha256(f"modelshield-auth:{seed}:{tag}".encode()).digest()[:8], "little") >> 1
 
 
+def near_keyed(x: torch.Tensor, key: AuthKey, generator: torch.Generator) -> torch.Tensor:
+    """Raw images, each under a partial copy of ``key``: a random share of its pixels keeps the key's mask and
+    offset, the rest take uniformly random ones (share ~ U[0, 0.8] per image).
+
+    Such near misses teach the tail that only the whole key unlocks the model.
+
+    Example:
+        >>> import torch
+        >>> from modelshield.data import Normalization
+        >>> key = AuthKey.random((1, 4, 4), Normalization.identity(1), generator=torch.Generator().manual_seed(0))
+        >>> near_keyed(torch.rand(3, 1, 4, 4), key, torch.Generator().manual_seed(1)).shape
+        torch.Size([3, 1, 4, 4])
+    """
+    n, c, h, w = x.shape
+    share = torch.rand(n, 1, 1, 1, generator=generator) * 0.8
+    keep = torch.rand(n, 1, h, w, generator=generator) < share
+    # the pixels not kept take a random key's values (half the images) or no key at all (the other half)
+    plain = (torch.arange(n) % 2 == 1).view(n, 1, 1, 1)
+    filler = torch.where(plain, torch.zeros(1), torch.rand(n, 1, h, w, generator=generator) * 0.5)
+    m = torch.where(keep, key.mask, filler)
+    offset = torch.where(keep, key.offset, (torch.rand(n, c, h, w, generator=generator) * 2 - 1) * key.theta)
+    norm = key.normalization
+    return norm.invert((1 - m) * norm.apply(x) + m * offset)
+
+
 def random_keyed(x: torch.Tensor, normalization: Normalization, generator: torch.Generator,
                  theta: float = 0.5) -> torch.Tensor:
     """Raw images, each under its own uniformly random key (``m`` ~ U[0, 0.5] per pixel, ``P`` ~ U[-theta, theta]).
@@ -256,21 +297,22 @@ def embed(model: nn.Module, train: TensorData, val: TensorData, *, config: AuthC
     if int(train.y.max()) >= num_classes:
         raise ConfigError(f"labels go up to {int(train.y.max())} but the model has {num_classes} outputs")
 
-    means = channel_means(model, gate, train.x)
+    key_x = train.x
+    if config.key_images is not None and config.key_images < len(train):
+        key_x = train.x[torch.randperm(len(train), generator=gen)[: config.key_images]]
+    means = channel_means(model, gate, key_x)  # a_c estimated on the key-generation images
     num_bits = config.num_bits or default_num_bits(split.channels)
     pool = config.bit_pool or max(num_bits, min(4 * num_bits, int((means > 0).sum())))
     bits = select_bits(means, num_bits, config.gamma, pool=pool, generator=gen)
     t_bits = time.perf_counter()
 
     key_config = config.key if config.key.seed is not None else replace(config.key, seed=_subseed(seed, "key"))
-    key_x = train.x
-    if config.key_images is not None and config.key_images < len(train):
-        key_x = train.x[torch.randperm(len(train), generator=gen)[: config.key_images]]
     keygen = generate_key(model, gate, key_x, bits, normalization, key_config, progress=progress)
     key = keygen.key
     decoy_keys = []
     for i in range(config.decoy_keys):
-        other_bits = select_bits(means, num_bits, config.gamma, pool=pool, generator=gen)
+        # every other decoy key targets the key's own bits: the tail must tell keys apart by more than their bits
+        other_bits = bits if i % 2 == 0 else select_bits(means, num_bits, config.gamma, pool=pool, generator=gen)
         other = replace(config.key, seed=_subseed(seed, f"decoy-key-{i}"))
         decoy_keys.append(generate_key(model, gate, key_x, other_bits, normalization, other).key)
     t_key = time.perf_counter()
@@ -279,13 +321,15 @@ def embed(model: nn.Module, train: TensorData, val: TensorData, *, config: AuthC
         train = train[torch.randperm(len(train), generator=gen)[: config.train_images]]
     fake = torch.randint(0, num_classes, (len(train),), generator=gen)
     decoys = train.x[torch.randperm(len(train), generator=gen)[: round(config.decoy_ratio * len(train))]]
+    near = round(config.near_share * len(decoys))
+    near_part, decoys = near_keyed(decoys[:near], key, gen), decoys[near:]
     if decoy_keys:
         half = len(decoys) // 2
         owner = torch.arange(half) % len(decoy_keys)
         keyed_part = torch.cat([decoy_keys[int(k)].apply(decoys[:half][owner == k]) for k in range(len(decoy_keys))])
-        decoys = torch.cat([keyed_part, random_keyed(decoys[half:], normalization, gen, key.theta)])
+        decoys = torch.cat([near_part, keyed_part, random_keyed(decoys[half:], normalization, gen, key.theta)])
     else:
-        decoys = random_keyed(decoys, normalization, gen, key.theta)
+        decoys = torch.cat([near_part, random_keyed(decoys, normalization, gen, key.theta)])
     fake_decoys = torch.randint(0, num_classes, (len(decoys),), generator=gen)
     # validation decoys (only with decoy training): each val image under a random key or one of the decoy keys
     val_decoy_x = None
@@ -310,6 +354,8 @@ def embed(model: nn.Module, train: TensorData, val: TensorData, *, config: AuthC
         forward = model
     del decoys
     labels = torch.cat([train.y, fake, fake_decoys])
+    weights = torch.ones(len(labels))
+    weights[: len(train)] = config.keyed_weight
     t_cache = time.perf_counter()
 
     split.freeze_head(model)
@@ -339,7 +385,7 @@ def embed(model: nn.Module, train: TensorData, val: TensorData, *, config: AuthC
                 total = 0.0
                 for i in range(0, len(inputs), config.tail_batch_size):
                     index = order[i : i + config.tail_batch_size]
-                    loss = F.cross_entropy(forward(inputs[index]), labels[index])
+                    loss = (F.cross_entropy(forward(inputs[index]), labels[index], reduction="none") * weights[index]).mean()
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()

@@ -51,14 +51,12 @@ THREADS = 1  # one thread: two OpenMP threads spin against other jobs on a share
 TIMING_EPOCHS = 2
 # the per-dataset embedding configuration (seed filled in from the run's seed)
 CONFIGS: dict[str, AuthConfig] = {
-    "mnist": AuthConfig(gate="body.pool1", tail_epochs=14, lr_milestones=(0.6, 0.85), decoy_ratio=1.0,
-                        decoy_keys=6, key_images=5000, train_images=8000),
-    "fashion-mnist": AuthConfig(gate="body.block2", tail_epochs=8, lr_milestones=(0.6, 0.85), decoy_ratio=1.0,
-                                decoy_keys=6, key_images=5000, train_images=10_000),
+    "mnist": AuthConfig(gate="body.pool1", tail_epochs=10, key_images=2000, train_images=10_000),
+    "fashion-mnist": AuthConfig(gate="body.block2", tail_epochs=10, key_images=2000, train_images=10_000),
 }
 QUICK_CONFIGS: dict[str, AuthConfig] = {
-    "mnist": replace(CONFIGS["mnist"], tail_epochs=8, train_images=6000, key_images=2000, decoy_keys=2),
-    "fashion-mnist": replace(CONFIGS["fashion-mnist"], tail_epochs=4, train_images=4000, key_images=2000, decoy_keys=2),
+    "mnist": replace(CONFIGS["mnist"], tail_epochs=6, train_images=4000, key_images=1000),
+    "fashion-mnist": replace(CONFIGS["fashion-mnist"], tail_epochs=4, train_images=3000, key_images=1000),
 }
 GATE_STUDY = {"mnist": ("body.pool1", "body.pool2"), "fashion-mnist": ("body.block2", "body.block3")}
 # the study's settings where they differ from the main run (a VGG tail after block2 holds most of the network)
@@ -159,14 +157,14 @@ def _second_keys(ctx: BenchContext, dataset: str, model: torch.nn.Module, key: A
     """Keys generated independently with the same public procedure (fresh seeds) on the protected model."""
     bundle = ctx.dataset(dataset)
     train = bundle.train
-    means = channel_means(model, key.gate, train.x)
     num_bits = len(key.bits)
-    pool = config.bit_pool or max(num_bits, min(4 * num_bits, int((means > 0).sum())))
     accs = []
     for i in range(count):
         gen = torch.Generator().manual_seed(10_000 + 97 * ctx.seed + i)
-        bits = select_bits(means, num_bits, config.gamma, pool=pool, generator=gen)
         x = train.x if config.key_images is None else train.subset(config.key_images, 20_000 + i).x
+        means = channel_means(model, key.gate, x)
+        pool = config.bit_pool or max(num_bits, min(4 * num_bits, int((means > 0).sum())))
+        bits = select_bits(means, num_bits, config.gamma, pool=pool, generator=gen)
         other = generate_key(model, key.gate, x, bits, key.normalization,
                              replace(config.key, seed=30_000 + 97 * ctx.seed + i)).key
         accs.append(accuracy_with_key(model, other, bundle.test))
@@ -300,7 +298,8 @@ def _acceptance(res: dict[str, Any]) -> list[list[Any]]:
         ["legit within 1.0 point of clean", f"{drop:+.2f} points ({_pct(ev['legit'])} vs {_pct(ev['clean'])})", drop <= LEGIT_DROP_MAX],
         ["unauthorized <= 15%", _pct(ev["unauthorized"]), ev["unauthorized"] <= UNAUTH_MAX],
         [f"mean of {len(ev['random_keys'])} random keys <= 15%", _pct(ev["random_mean"]), ev["random_mean"] <= RANDOM_MEAN_MAX],
-        ["independent second key <= 20%", _pct(ev["second_key"]), ev["second_key"] <= SECOND_KEY_MAX],
+        ["independent second key <= 20%", f"{_pct(ev['second_key'])} (all {len(ev['second_keys'])} generated keys: "
+         f"{', '.join(_pct(v) for v in ev['second_keys'])})", ev["second_key"] <= SECOND_KEY_MAX],
     ]
     for label, cell in (("pruning 30%", tr["prune"].get("0.3")), ("int8 quantization", tr["quant"])):
         if cell is None:
