@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 import secrets
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -89,10 +90,10 @@ class AuthConfig:
         lr_milestones: fractions of the run after which the learning rate is multiplied by 0.1.
         weight_decay: Adam weight decay on the tail.
         decoy_ratio: extension beyond the paper (default 1; 0 with ``decoy_keys = 0`` = the paper's 1:1
-            keyed/plain union). Adds
-            ``round(decoy_ratio * n)`` further negatives: training images under their own uniformly random key
-            (``m`` ~ U[0, 0.5], ``P`` ~ U[-theta, theta], one key per image), with fixed random labels, so the
-            tail also learns that "some key" is not "the key".
+            keyed/plain union). Adds ``round(decoy_ratio * n)`` further negatives with fixed random labels:
+            near misses (``near_share``), images under the decoy keys, and the rest under their own uniformly
+            random key (``m`` ~ U[0, 0.5], ``P`` ~ U[-theta, theta], one key per image), so the tail also learns
+            that "some key" is not "the key".
         decoy_keys: extension beyond the paper (default 2; 0 = off). Generate this many further keys with the same
             procedure (other seeds; every other one targets the key's own bits, the rest other random bit draws)
             and put half of the non-near decoy negatives under them, so the tail learns to reject independently
@@ -320,7 +321,8 @@ def embed(model: nn.Module, train: TensorData, val: TensorData, *, config: AuthC
     if config.train_images is not None and config.train_images < len(train):
         train = train[torch.randperm(len(train), generator=gen)[: config.train_images]]
     fake = torch.randint(0, num_classes, (len(train),), generator=gen)
-    decoys = train.x[torch.randperm(len(train), generator=gen)[: round(config.decoy_ratio * len(train))]]
+    rounds = max(1, math.ceil(config.decoy_ratio))  # decoy_ratio > 1 reuses images (each under other keys)
+    decoys = train.x[torch.cat([torch.randperm(len(train), generator=gen) for _ in range(rounds)])[: round(config.decoy_ratio * len(train))]]
     near = round(config.near_share * len(decoys))
     near_part, decoys = near_keyed(decoys[:near], key, gen), decoys[near:]
     if decoy_keys:
