@@ -113,20 +113,31 @@ def check_input_shape(expected: tuple[int, int, int], got: tuple[int, int, int],
                           f"`modelshield train --dataset {dataset}`")
 
 
-def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from modelshield.data import load_dataset
-    from modelshield.lock.commands import evaluate_locked_file, is_locked_file
-    from modelshield.models import load_checkpoint
-    from modelshield.training import evaluate
+def load_checkpoint_and_data(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """``(checkpoint, bundle, dataset)`` for ``args.checkpoint`` and ``args.dataset`` (default: the checkpoint's own).
 
-    if is_locked_file(args.checkpoint):  # a Deep-Lock file: with its key, or as-is
-        return evaluate_locked_file(args)
+    Raises:
+        ConfigError: the dataset's images or class count do not fit the model.
+    """
+    from modelshield.data import load_dataset
+    from modelshield.models import load_checkpoint
+
     checkpoint = load_checkpoint(args.checkpoint)
     dataset = args.dataset or checkpoint.meta.dataset
     bundle = load_dataset(dataset, args.data_root)
     check_input_shape(checkpoint.meta.input_shape, bundle.info.input_shape, str(args.checkpoint), dataset)
     if checkpoint.meta.num_classes != bundle.info.num_classes:
         raise ConfigError(f"{args.checkpoint} has {checkpoint.meta.num_classes} classes but {dataset!r} has {bundle.info.num_classes}")
+    return checkpoint, bundle, dataset
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from modelshield.lock.commands import evaluate_locked_file, is_locked_file
+    from modelshield.training import evaluate
+
+    if is_locked_file(args.checkpoint):  # a Deep-Lock file: with its key, or as-is
+        return evaluate_locked_file(args)
+    checkpoint, bundle, dataset = load_checkpoint_and_data(args)
     result = evaluate(checkpoint.model, bundle.split(args.split))
     summary = {"checkpoint": str(args.checkpoint), "dataset": dataset, "split": args.split, "accuracy": result.accuracy,
                "correct": result.correct, "total": result.total, "nonfinite": result.nonfinite}

@@ -26,27 +26,13 @@ def load_auth_key(key_file: str | os.PathLike[str] | None, env: str = AUTH_KEY_E
     raise ConfigError(f"no AuthNet key given: pass --key-file PATH or set the environment variable {env}")
 
 
-def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from modelshield.cli import check_input_shape
-    from modelshield.data import load_dataset
-    from modelshield.models import load_checkpoint
-
-    checkpoint = load_checkpoint(args.checkpoint)
-    dataset = args.dataset or checkpoint.meta.dataset
-    bundle = load_dataset(dataset, args.data_root)
-    check_input_shape(checkpoint.meta.input_shape, bundle.info.input_shape, str(args.checkpoint), dataset)
-    if checkpoint.meta.num_classes != bundle.info.num_classes:
-        raise ConfigError(f"{args.checkpoint} has {checkpoint.meta.num_classes} classes but {dataset!r} has {bundle.info.num_classes}")
-    return checkpoint, bundle, dataset
-
-
 def _cmd_embed(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from modelshield.auth.embedding import AuthConfig, embed
     from modelshield.auth.evaluation import evaluate_auth
     from modelshield.auth.keygen import KeyGenConfig
-    from modelshield.cli import emit
+    from modelshield.cli import emit, load_checkpoint_and_data
     from modelshield.models import save_checkpoint
     from modelshield.training import evaluate
 
@@ -55,7 +41,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
             raise ConfigError(f"{path} already exists; pass --force to overwrite it")
     if Path(args.out).resolve() == Path(args.key_out).resolve():
         raise ConfigError("--out and --key-out must be different files")
-    checkpoint, bundle, dataset = _load(args)
+    checkpoint, bundle, dataset = load_checkpoint_and_data(args)
     config = AuthConfig(gate=args.gate, num_bits=args.bits, bit_pool=args.bit_pool, gamma=args.gamma,
                         tail_epochs=args.tail_epochs, tail_lr=args.tail_lr, decoy_ratio=args.decoy_ratio,
                         decoy_keys=args.decoy_keys, near_share=args.near_share, keyed_weight=args.keyed_weight, key_images=args.key_images, train_images=args.train_images,
@@ -85,9 +71,9 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from modelshield.auth.evaluation import evaluate_auth
-    from modelshield.cli import emit
+    from modelshield.cli import emit, load_checkpoint_and_data
 
-    checkpoint, bundle, dataset = _load(args)
+    checkpoint, bundle, dataset = load_checkpoint_and_data(args)
     key = load_auth_key(args.key_file, args.key_env)
     key.check_model(checkpoint.model)
     if key.input_shape != checkpoint.meta.input_shape:

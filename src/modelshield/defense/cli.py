@@ -74,15 +74,10 @@ def defense_from_args(args: argparse.Namespace, model: object) -> object:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    from modelshield.cli import check_input_shape, emit
-    from modelshield.data import load_dataset
+    from modelshield.cli import emit, load_checkpoint_and_data
     from modelshield.defense.queen_fit import QueenFitConfig, fit_queen
-    from modelshield.models import load_checkpoint
 
-    checkpoint = load_checkpoint(args.checkpoint)
-    dataset = args.dataset or checkpoint.meta.dataset
-    bundle = load_dataset(dataset, args.data_root)
-    check_input_shape(checkpoint.meta.input_shape, bundle.info.input_shape, str(args.checkpoint), dataset)
+    checkpoint, bundle, dataset = load_checkpoint_and_data(args)
     config = QueenFitConfig(mapping_epochs=args.mapping_epochs, num_shadows=args.shadows, shadow_samples=args.shadow_samples,
                             shadow_architecture=args.shadow_arch, shadow_lr=args.shadow_lr, seed=args.seed)
     art = fit_queen(checkpoint.model, bundle.train, config=config, val=bundle.val, progress=not args.quiet)

@@ -15,19 +15,14 @@ __all__ = ["register"]
 
 def _cmd_extract(args: argparse.Namespace) -> int:
     from modelshield.attacks.extraction import PirateConfig, build_attack, query_pool, run_extraction
-    from modelshield.cli import check_input_shape, emit
-    from modelshield.data import load_dataset
+    from modelshield.cli import emit, load_checkpoint_and_data
     from modelshield.defense.cli import defense_from_args
-    from modelshield.models import load_checkpoint
     from modelshield.oracle import ModelOracle
     from modelshield.training import seed_everything
 
     if args.budget < 1:
         raise ConfigError(f"--budget must be >= 1, got {args.budget}")
-    checkpoint = load_checkpoint(args.checkpoint)
-    dataset = args.dataset or checkpoint.meta.dataset
-    bundle = load_dataset(dataset, args.data_root)
-    check_input_shape(checkpoint.meta.input_shape, bundle.info.input_shape, str(args.checkpoint), dataset)
+    checkpoint, bundle, dataset = load_checkpoint_and_data(args)
     pool = query_pool(dataset, args.pool, args.data_root, surrogate=args.surrogate)
     defense = defense_from_args(args, checkpoint.model)
     oracle = ModelOracle(checkpoint.model, defense, client_id=args.client_id, budget=args.budget,  # type: ignore[arg-type]
