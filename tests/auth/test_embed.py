@@ -112,3 +112,35 @@ def test_works_for_other_class_counts_and_colour_inputs() -> None:
     assert result.split.gate == "body.layer3" and result.key.input_shape == (3, 16, 16)
     assert result.model(result.key.apply(data.x[:2])).shape == (2, 7)
     assert isinstance(result.model, nn.Module)
+
+
+def test_distillation_term_blends_cross_entropy_and_the_teachers_soft_targets() -> None:
+    import torch.nn.functional as F
+
+    from modelshield.auth.embedding import _distill_term
+
+    gen = torch.Generator().manual_seed(0)
+    teacher = torch.randn(4, 5, generator=gen)  # the first 4 inputs are the keyed ones
+    logits = torch.randn(6, 5, generator=gen)
+    index = torch.tensor([0, 3, 5, 1, 4, 2])  # positions 2 and 4 of the batch are negatives (inputs 5 and 4)
+    labels = torch.randint(0, 5, (6,), generator=gen)
+    ce = F.cross_entropy(logits, labels, reduction="none")
+    config = AuthConfig(distill=0.25, distill_temperature=2.0)
+    total = ce + _distill_term(logits, index, teacher, config, ce)
+    keyed = torch.tensor([True, True, False, True, False, True])
+    kl = F.kl_div(F.log_softmax(logits[keyed] / 2, dim=1), F.softmax(teacher[index[keyed]] / 2, dim=1), reduction="none").sum(1) * 4
+    assert torch.allclose(total[keyed], 0.75 * ce[keyed] + 0.25 * kl, atol=1e-5)
+    assert torch.equal(total[~keyed], ce[~keyed])  # the negatives keep their random-label loss
+
+
+def test_distillation_runs_end_to_end_and_validates() -> None:
+    from modelshield.data import make_synthetic
+
+    data = make_synthetic(80, num_classes=4, image_size=12, seed=1)
+    config = AuthConfig(tail_epochs=1, decoy_keys=1, distill=0.5, seed=0, key=KeyGenConfig(epochs=1, seed=0))
+    result = embed(tiny_cnn(), data[torch.arange(64)], data[torch.arange(64, 80)], config=config, progress=False)
+    assert torch.isfinite(torch.tensor(result.history[0]["loss"]))
+    with pytest.raises(ConfigError, match="distill"):
+        AuthConfig(distill=1.5)
+    with pytest.raises(ConfigError, match="distill"):
+        AuthConfig(distill_temperature=0)

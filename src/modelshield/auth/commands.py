@@ -44,7 +44,8 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     checkpoint, bundle, dataset = load_checkpoint_and_data(args)
     config = AuthConfig(gate=args.gate, num_bits=args.bits, bit_pool=args.bit_pool, gamma=args.gamma,
                         tail_epochs=args.tail_epochs, tail_lr=args.tail_lr, decoy_ratio=args.decoy_ratio,
-                        decoy_keys=args.decoy_keys, near_share=args.near_share, keyed_weight=args.keyed_weight, key_images=args.key_images, train_images=args.train_images,
+                        decoy_keys=args.decoy_keys, near_share=args.near_share, keyed_weight=args.keyed_weight,
+                        distill=args.distill, key_images=args.key_images, train_images=args.train_images,
                         seed=args.seed, key=KeyGenConfig(epochs=args.key_epochs))
     result = embed(checkpoint.model, bundle.train, bundle.val, config=config, progress=not args.quiet)
     clean = evaluate(checkpoint.model, bundle.test).accuracy
@@ -137,6 +138,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="share of the decoys under partial copies of the key (near misses)")
     p.add_argument("--keyed-weight", type=float, default=2.0,
                    help="loss weight of the keyed samples (negatives weigh 1)")
+    p.add_argument("--distill", type=float, default=0.0,
+                   help="share of the keyed samples' loss taken from the clean model's soft predictions (0 = true labels only)")
     p.add_argument("--seed", type=int, default=None,
                    help="seed for a reproducible key (default: fresh randomness; a known seed lets anyone with the data regenerate the key)")
     p.add_argument("--force", action="store_true", help="overwrite --out and --key-out")

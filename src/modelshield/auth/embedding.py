@@ -103,6 +103,11 @@ class AuthConfig:
             plain), so the tail needs the whole key, not something near it. No effect with ``decoy_ratio = 0``.
         keyed_weight: weight of the keyed samples' loss (default 2; the negatives weigh 1), which keeps the
             legitimate accuracy close to the clean model's while the tail learns to reject.
+        distill: extension beyond the paper (default 0 = off). Share of the keyed samples' loss taken from the
+            clean model's own predictions on the plain image (knowledge distillation, temperature
+            ``distill_temperature``) instead of the true label alone, so a large tail fine-tuned on few images keeps
+            what the clean model knew.
+        distill_temperature: softmax temperature of the distillation term (the term is scaled by its square).
         key_images: train the key on a seeded subset of this many training images (None = all of them).
         train_images: fine-tune the tail on a seeded subset of this many training images (None = all).
         seed: seed of the bit draw, key start, fixed random labels and shuffling; None = from the OS CSPRNG.
@@ -122,6 +127,8 @@ class AuthConfig:
     decoy_keys: int = 2
     near_share: float = 0.5
     keyed_weight: float = 2.0
+    distill: float = 0.0
+    distill_temperature: float = 4.0
     key_images: int | None = None
     train_images: int | None = None
     seed: int | None = None
@@ -143,6 +150,8 @@ class AuthConfig:
             raise ConfigError(f"decoy_keys must be in 0..64, got {self.decoy_keys}")
         if not 0 < self.keyed_weight <= 100:
             raise ConfigError(f"keyed_weight must be in (0, 100], got {self.keyed_weight}")
+        if not 0 <= self.distill <= 1 or not self.distill_temperature > 0:
+            raise ConfigError(f"distill must be in [0, 1] and distill_temperature > 0, got {self.distill}, {self.distill_temperature}")
         if not 0 <= self.near_share <= 1:
             raise ConfigError(f"near_share must be in [0, 1], got {self.near_share}")
         if self.decoy_keys and not self.decoy_ratio:
@@ -264,6 +273,22 @@ def _gate_batches(model: nn.Module, gate: str, x: torch.Tensor, key: AuthKey | N
     return torch.cat(out) if out else torch.empty(0)
 
 
+def _distill_term(logits: torch.Tensor, index: torch.Tensor, teacher: torch.Tensor, config: AuthConfig,
+                  cross_entropy: torch.Tensor) -> torch.Tensor:
+    """Per-sample correction that turns the keyed samples' loss into ``(1 - a) CE + a T^2 KL(teacher || student)``.
+
+    The keyed samples are the first ``len(teacher)`` inputs; the others get 0.
+    """
+    keyed = index < len(teacher)
+    out = torch.zeros_like(cross_entropy)
+    if bool(keyed.any()):
+        t = config.distill_temperature
+        soft = F.softmax(teacher[index[keyed]] / t, dim=1)
+        kl = (soft * (soft.clamp_min(1e-12).log() - F.log_softmax(logits[keyed] / t, dim=1))).sum(dim=1) * t * t
+        out[keyed] = config.distill * (kl - cross_entropy[keyed])
+    return out
+
+
 def embed(model: nn.Module, train: TensorData, val: TensorData, *, config: AuthConfig | None = None,
           normalization: Normalization | None = None, progress: bool = True) -> EmbedResult:
     """Protect a trained model with AuthNet; the input model is not modified.
@@ -355,6 +380,11 @@ def embed(model: nn.Module, train: TensorData, val: TensorData, *, config: AuthC
         val_keyed, val_plain, val_decoy = key.apply(val.x), val.x, val_decoy_x
         forward = model
     del decoys
+    teacher = None
+    if config.distill:  # the clean model's soft targets on the plain images, computed before the tail moves
+        with torch.no_grad():
+            plain = inputs[len(train) : 2 * len(train)]
+            teacher = torch.cat([forward(plain[i : i + 1024]) for i in range(0, len(plain), 1024)])
     labels = torch.cat([train.y, fake, fake_decoys])
     weights = torch.ones(len(labels))
     weights[: len(train)] = config.keyed_weight
@@ -387,7 +417,11 @@ def embed(model: nn.Module, train: TensorData, val: TensorData, *, config: AuthC
                 total = 0.0
                 for i in range(0, len(inputs), config.tail_batch_size):
                     index = order[i : i + config.tail_batch_size]
-                    loss = (F.cross_entropy(forward(inputs[index]), labels[index], reduction="none") * weights[index]).mean()
+                    logits = forward(inputs[index])
+                    per_sample = F.cross_entropy(logits, labels[index], reduction="none")
+                    if teacher is not None:
+                        per_sample = per_sample + _distill_term(logits, index, teacher, config, per_sample)
+                    loss = (per_sample * weights[index]).mean()
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
