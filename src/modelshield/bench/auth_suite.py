@@ -55,7 +55,10 @@ TIMING_EPOCHS = 2
 # the per-dataset embedding configuration (seed filled in from the run's seed)
 CONFIGS: dict[str, AuthConfig] = {
     "mnist": AuthConfig(gate="body.pool1", tail_epochs=10, key_images=2000, train_images=10_000),
-    "fashion-mnist": AuthConfig(gate="body.block2", tail_epochs=10, key_images=2000, train_images=10_000),
+    # the VGG tail after block2 is most of the network: distillation keeps what the clean model knew, more negatives
+    # and fewer epochs keep rejection and cost (chosen on the validation split, see the README)
+    "fashion-mnist": AuthConfig(gate="body.block2", tail_epochs=8, key_images=2000, train_images=10_000,
+                                distill=0.5, decoy_ratio=1.5),
 }
 QUICK_CONFIGS: dict[str, AuthConfig] = {
     "mnist": replace(CONFIGS["mnist"], tail_epochs=6, train_images=4000, key_images=1000),
@@ -298,7 +301,7 @@ def _acceptance(res: dict[str, Any]) -> list[list[Any]]:
     ev, tr, cost = res["eval"], res["transforms"], res["cost_ratio"]
     drop = 100 * (ev["clean"] - ev["legit"])
     rows = [
-        ["legit within 1.0 point of clean", f"{drop:+.2f} points ({_pct(ev['legit'])} vs {_pct(ev['clean'])})", drop <= LEGIT_DROP_MAX],
+        ["legit within 1.0 point of clean", f"{drop:.2f} points lost ({_pct(ev['legit'])} vs {_pct(ev['clean'])})", drop <= LEGIT_DROP_MAX],
         ["unauthorized <= 15%", _pct(ev["unauthorized"]), ev["unauthorized"] <= UNAUTH_MAX],
         [f"mean of {len(ev['random_keys'])} random keys <= 15%", _pct(ev["random_mean"]), ev["random_mean"] <= RANDOM_MEAN_MAX],
         ["independent second key <= 20%", f"{_pct(ev['second_key'])} (all {len(ev['second_keys'])} generated keys: "
@@ -309,7 +312,7 @@ def _acceptance(res: dict[str, Any]) -> list[list[Any]]:
             continue
         d = 100 * (ev["legit"] - cell["legit"])
         rows.append([f"{label}: legit within 2 points, unauthorized <= 20%",
-                     f"legit {_pct(cell['legit'])} ({d:+.2f} points), unauthorized {_pct(cell['unauthorized'])}",
+                     f"legit {_pct(cell['legit'])} ({d:.2f} points lost), unauthorized {_pct(cell['unauthorized'])}",
                      d <= TRANSFORM_LEGIT_DROP_MAX and cell["unauthorized"] <= TRANSFORM_UNAUTH_MAX])
     rows.append(["embedding cost <= 0.5x clean training (CPU time, same run)",
                  f"{cost['cpu']:.2f}x CPU, {cost['wall']:.2f}x wall", cost["cpu"] <= COST_RATIO_MAX])
