@@ -64,9 +64,10 @@ def test_batchnorm_statistics_in_the_head_stay_frozen() -> None:
     config = AuthConfig(tail_epochs=2, decoy_keys=0, decoy_ratio=0.5, num_bits=2, seed=0, key=KeyGenConfig(seed=0))
     result = embed(model, data[torch.arange(64)], data[torch.arange(64, 96)], config=config, progress=False)
     before, after = model.state_dict(), result.model.state_dict()
-    head = [k for k in before if k.startswith(("body.block1", "body.block2", "body.block3", "normalize"))]
+    assert result.split.gate == "body.block2"
+    head = [k for k in before if k.startswith(("body.block1", "body.block2", "normalize"))]
     assert head and all(torch.equal(before[k], after[k]) for k in head)
-    tail = [k for k in before if k.startswith(("body.fc1", "classifier"))]
+    tail = [k for k in before if k.startswith(("body.block3", "body.fc1", "classifier"))]
     assert any(not torch.equal(before[k], after[k]) for k in tail)
 
 

@@ -14,7 +14,7 @@ from modelshield.models import build_model
 from .conftest import tiny_cnn
 
 
-@pytest.mark.parametrize(("arch", "gate"), [("lenet5", "body.pool1"), ("vgg", "body.block3"), ("resnet20", "body.layer3")])
+@pytest.mark.parametrize(("arch", "gate"), [("lenet5", "body.pool1"), ("vgg", "body.block2"), ("resnet20", "body.layer3")])
 def test_zoo_defaults(arch: str, gate: str) -> None:
     model = build_model(arch, in_channels=1, image_size=16, num_classes=5)
     assert default_gate(model) == gate

@@ -129,16 +129,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--key-epochs", type=int, default=5, help="key-generation epochs")
     p.add_argument("--key-images", type=int, default=None, help="generate keys on a subset of N training images (default all)")
     p.add_argument("--train-images", type=int, default=None, help="fine-tune the tail on a subset of N training images (default all)")
-    p.add_argument("--tail-epochs", type=int, default=10, help="tail fine-tuning epochs")
+    p.add_argument("--tail-epochs", type=int, default=8, help="tail fine-tuning epochs")
     p.add_argument("--tail-lr", type=float, default=1e-3, help="tail learning rate (Adam)")
-    p.add_argument("--decoy-ratio", type=float, default=1.0,
+    p.add_argument("--decoy-ratio", type=float, default=1.5,
                    help="extra negatives under other keys, per training image (0 with --decoy-keys 0: the paper's method)")
     p.add_argument("--decoy-keys", type=int, default=2, help="independently generated keys among the decoys")
     p.add_argument("--near-share", type=float, default=0.5,
                    help="share of the decoys under partial copies of the key (near misses)")
     p.add_argument("--keyed-weight", type=float, default=2.0,
                    help="loss weight of the keyed samples (negatives weigh 1)")
-    p.add_argument("--distill", type=float, default=0.0,
+    p.add_argument("--distill", type=float, default=0.5,
                    help="share of the keyed samples' loss taken from the clean model's soft predictions (0 = true labels only)")
     p.add_argument("--seed", type=int, default=None,
                    help="seed for a reproducible key (default: fresh randomness; a known seed lets anyone with the data regenerate the key)")

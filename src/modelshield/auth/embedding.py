@@ -89,7 +89,7 @@ class AuthConfig:
         tail_lr: Adam learning rate.
         lr_milestones: fractions of the run after which the learning rate is multiplied by 0.1.
         weight_decay: Adam weight decay on the tail.
-        decoy_ratio: extension beyond the paper (default 1; 0 with ``decoy_keys = 0`` = the paper's 1:1
+        decoy_ratio: extension beyond the paper (default 1.5; 0 with ``decoy_keys = 0`` = the paper's 1:1
             keyed/plain union). Adds ``round(decoy_ratio * n)`` further negatives with fixed random labels:
             near misses (``near_share``), images under the decoy keys, and the rest under their own uniformly
             random key (``m`` ~ U[0, 0.5], ``P`` ~ U[-theta, theta], one key per image), so the tail also learns
@@ -103,10 +103,10 @@ class AuthConfig:
             plain), so the tail needs the whole key, not something near it. No effect with ``decoy_ratio = 0``.
         keyed_weight: weight of the keyed samples' loss (default 2; the negatives weigh 1), which keeps the
             legitimate accuracy close to the clean model's while the tail learns to reject.
-        distill: extension beyond the paper (default 0 = off). Share of the keyed samples' loss taken from the
-            clean model's own predictions on the plain image (knowledge distillation, temperature
-            ``distill_temperature``) instead of the true label alone, so a large tail fine-tuned on few images keeps
-            what the clean model knew.
+        distill: extension beyond the paper (default 0.5; 0 = true labels only, the paper's loss). Share of the
+            keyed samples' loss taken from the clean model's own predictions on the plain image (knowledge
+            distillation, temperature ``distill_temperature``) instead of the true label alone, so a large tail
+            fine-tuned on few images keeps what the clean model knew.
         distill_temperature: softmax temperature of the distillation term (the term is scaled by its square).
         key_images: train the key on a seeded subset of this many training images (None = all of them).
         train_images: fine-tune the tail on a seeded subset of this many training images (None = all).
@@ -118,16 +118,16 @@ class AuthConfig:
     bit_pool: int | None = None
     gamma: float = 2.0
     key: KeyGenConfig = field(default_factory=KeyGenConfig)
-    tail_epochs: int = 10
+    tail_epochs: int = 8
     tail_batch_size: int = 256
     tail_lr: float = 1e-3
     lr_milestones: tuple[float, ...] = (0.6, 0.85)
     weight_decay: float = 0.0
-    decoy_ratio: float = 1.0
+    decoy_ratio: float = 1.5
     decoy_keys: int = 2
     near_share: float = 0.5
     keyed_weight: float = 2.0
-    distill: float = 0.0
+    distill: float = 0.5
     distill_temperature: float = 4.0
     key_images: int | None = None
     train_images: int | None = None
