@@ -28,8 +28,12 @@ def test_cells_are_cached_and_results_recorded(tmp_path) -> None:
         assert field in doc
     assert "torch" in doc["versions"] and doc["machine"]["cores"]
     assert "modelshield bench toy" in paths["md"].read_text()
+    assert (doc["cells_computed"], doc["cells_reused"]) == (0, 1), "the file is the resumed run's"
+    assert "0 cells computed in this run, 1 reused" in paths["md"].read_text()
     run_suite(_Suite, BenchContext("toy", root=tmp_path, progress=False, fresh=True), ["x"])
     assert _Suite.calls == 2, "--fresh recomputes"
+    fresh = json.loads(paths["json"].read_text())
+    assert (fresh["cells_computed"], fresh["cells_reused"]) == (1, 0) and "reused" not in paths["md"].read_text()
 
 
 def test_trained_models_are_shared(tmp_path) -> None:

@@ -116,6 +116,7 @@ class BenchContext:
         self.models_dir = self.root / "cache" / "models"
         self.results_dir = self.root / "results"
         self.console = Console(stderr=True, quiet=not progress)
+        self.cells_computed = self.cells_reused = 0
         if fresh and self.cache_dir.exists():
             for item in self.cache_dir.glob("*.json"):
                 item.unlink()
@@ -129,10 +130,13 @@ class BenchContext:
         path = self.cache_dir / f"{_safe(name)}.json"
         if path.exists():
             with contextlib.suppress(json.JSONDecodeError):
-                return json.loads(path.read_text())["result"]
+                result = json.loads(path.read_text())["result"]
+                self.cells_reused += 1
+                return result
         self.console.log(f"[bold]{self.suite}[/]: {name}")
         start = time.perf_counter()
         result = fn()
+        self.cells_computed += 1
         doc = {"cell": name, "seconds": time.perf_counter() - start, "result": result}
         atomic_write_bytes(path, json.dumps(doc, indent=1).encode())
         return result
@@ -183,7 +187,7 @@ class BenchContext:
             "suite": self.suite, "quick": self.quick, "command": shlex.join(command), "seed": self.seed,
             "versions": library_versions(), "machine": machine_info(),
             "started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
-            "wall_seconds": round(wall, 1),
+            "wall_seconds": round(wall, 1), "cells_computed": self.cells_computed, "cells_reused": self.cells_reused,
         }
         paths: dict[str, Path] = {}
         for fig_name, figure in report.figures.items():
@@ -198,10 +202,21 @@ class BenchContext:
               f"- machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, no GPU; "
               f"load average at the end {machine['load_average_1_5_15min']} (above {machine['cores']} means other jobs shared the CPU)",
               f"- versions: " + ", ".join(f"{k} {v}" for k, v in header["versions"].items()),
-              f"- started {header['started']}, wall time {wall / 60:.1f} min", "", report.markdown.strip(), ""]
+              f"- started {header['started']}, wall time {wall / 60:.1f} min" + _reuse_note(self), "", report.markdown.strip(), ""]
         md += [f"![{name}]({p.name})" for name, p in paths.items() if p.suffix == ".png"]
         paths["md"] = atomic_write_bytes(self.results_dir / f"{stem}.md", ("\n".join(md) + "\n").encode())
         return paths
+
+
+def _reuse_note(ctx: BenchContext) -> str:
+    """Say when a run reused cached cells, whose time is not in its wall time."""
+    if not ctx.cells_reused:
+        return ""
+    def cells(n: int) -> str:
+        return f"{n} cell{'' if n == 1 else 's'}"
+
+    return (f" ({cells(ctx.cells_computed)} computed in this run, {ctx.cells_reused} reused from earlier runs in "
+            f"`{ctx.cache_dir.as_posix()}`; their time is not included)")
 
 
 def _safe(name: str) -> str:
