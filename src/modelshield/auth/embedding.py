@@ -10,7 +10,8 @@ Steps (see ``shared/specs/authnet.md``):
    is a uniformly random label drawn once per training image (seeded) and kept fixed. Beyond the paper,
    further negatives with fixed random labels (``decoy_ratio``): near misses of the key (``near_share``),
    images under independently generated decoy keys, and images under uniformly random keys; the keyed
-   samples' loss weighs ``keyed_weight``. Adam, step decay
+   samples' loss weighs ``keyed_weight``, and a share ``distill`` of it is the distillation loss to the clean
+   model's own predictions on the plain image. Adam, step decay
    (x0.1 at the ``lr_milestones`` fractions of the run). After every epoch the validation split is scored
    with the key, without it and (when decoys are on) under decoy keys (random keys and the decoy keys, other
    draws than in training); the kept weights maximise ``legit - max(unauthorized, decoy)`` accuracy (ties:
