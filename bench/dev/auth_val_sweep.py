@@ -1,8 +1,10 @@
 """Development sweep behind the README's AuthNet "distillation" figures (not part of ``modelshield bench auth``).
 
-Embeds AuthNet into the bench's Fashion-MNIST victim with the bench config plus overrides and scores the
-*validation* split only (the test split is left to the bench, so configurations are not tuned on it).
-One JSON line per run: kept epoch, with key / no key / decoy keys per epoch, three random keys, CPU seconds.
+Embeds AuthNet into the bench's victim (Fashion-MNIST by default, ``--dataset mnist``) with a base config (the
+earlier recipe, or the bench's with ``--from-bench-config``) plus overrides, and scores the *validation* split
+only (the test split is left to the bench, so configurations are not tuned on it). One JSON line per run:
+kept epoch, with key / no key / decoy keys per epoch, three random keys, optionally keys generated
+independently (``--independent-keys``), CPU seconds.
 
 Usage (one thread, about 6 minutes a run on the reference machine; the victim is the bench's, trained first
 if ``bench/cache/models`` lacks it)::
@@ -27,7 +29,7 @@ from modelshield.bench.train_suite import victim
 from modelshield.data import TensorData, load_dataset
 from modelshield.training import evaluate
 
-BASE = {"fashion-mnist": {"tail_epochs": 10, "decoy_ratio": 1.0, "distill": 0.0}}  # the recipe before the sweep
+EARLIER_RECIPE = {"tail_epochs": 10, "decoy_ratio": 1.0, "distill": 0.0}  # the defaults before the sweep
 
 
 def _independent_keys(model: torch.nn.Module, key: AuthKey, train: TensorData, config: AuthConfig, count: int) -> list[AuthKey]:
@@ -50,12 +52,12 @@ def main() -> None:
     parser.add_argument("--dataset", default="fashion-mnist", choices=sorted(CONFIGS))
     parser.add_argument("--independent-keys", type=int, default=0,
                         help="also score this many keys generated independently (other seeds than the bench's) on the validation split")
-    parser.add_argument("--from-bench-config", action="store_true", help="start from the current bench config, not the pre-sweep recipe")
+    parser.add_argument("--from-bench-config", action="store_true", help="start from the current bench config, not the earlier recipe (10 tail epochs, decoy ratio 1, no distillation)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     bundle = load_dataset(args.dataset, args.data_root)
     checkpoint, _ = victim(BenchContext("auth", data_root=args.data_root, progress=False), args.dataset)  # the bench's victim (trained if absent)
-    base = CONFIGS[args.dataset] if args.from_bench_config else replace(CONFIGS[args.dataset], **BASE.get(args.dataset, {}))
+    base = CONFIGS[args.dataset] if args.from_bench_config else replace(CONFIGS[args.dataset], **EARLIER_RECIPE)
     clean_val = evaluate(checkpoint.model, bundle.val).accuracy
     for text in args.overrides:
         config = replace(base, seed=0, **json.loads(text))
