@@ -321,8 +321,28 @@ def _acceptance(res: dict[str, Any]) -> list[list[Any]]:
     return [[a, b, "met" if ok else "MISSED"] for a, b, ok in rows]
 
 
+def _drop_stale_cells(ctx: BenchContext, dataset: str, config: AuthConfig) -> None:
+    """Forget a dataset's cached cells when they were made with another embedding config.
+
+    Every cell but the clean-timing one depends on the protected model, so a changed config (or new defaults)
+    must not be mixed with results cached under the old one.
+    """
+    embed_cell = ctx.cache_dir / f"{dataset}_embed.json"
+    try:
+        cached = json.loads(embed_cell.read_text())["result"]["config"]
+    except (OSError, KeyError, TypeError, json.JSONDecodeError):
+        return
+    if cached == json.loads(json.dumps(config.to_dict())):
+        return
+    ctx.console.log(f"[bold]auth[/]: {dataset}: the cached cells were made with another config; recomputing them")
+    for path in ctx.cache_dir.iterdir():
+        if path.name.startswith((f"{dataset}_", f"{dataset}-")) and path.name != f"{dataset}_clean-timing.json":
+            path.unlink()
+
+
 def _dataset(ctx: BenchContext, dataset: str) -> dict[str, Any]:
     config = _config(ctx, dataset)
+    _drop_stale_cells(ctx, dataset, config)
     record, model, key = _protected(ctx, dataset, config)
     timing = ctx.cell(f"{dataset}/clean-timing", lambda: _clean_timing(ctx, dataset))
     ev = ctx.cell(f"{dataset}/eval", lambda: _eval_cell(ctx, dataset, model, key, config))
