@@ -57,10 +57,10 @@ CONFIGS: dict[str, AuthConfig] = {
     "mnist": AuthConfig(gate="body.pool1", key_images=2000, train_images=10_000),
     "fashion-mnist": AuthConfig(gate="body.block2", key_images=2000, train_images=10_000),
 }
-QUICK_CONFIGS: dict[str, AuthConfig] = {
-    "mnist": replace(CONFIGS["mnist"], tail_epochs=6, train_images=4000, key_images=1000),
-    "fashion-mnist": replace(CONFIGS["fashion-mnist"], tail_epochs=4, train_images=3000, key_images=1000),
-}
+# the same recipe on fewer tail images. A pipeline check, not a result: on the quick victims (2 epochs on 10,000
+# images) key generation raises the bits by about 0.02 (0.12 on the full LeNet-5, also with 20 key epochs or
+# without distillation), so the tail cannot tell keyed from plain inputs and the protection does not take
+QUICK_CONFIGS: dict[str, AuthConfig] = {dataset: replace(config, train_images=4000) for dataset, config in CONFIGS.items()}
 GATE_STUDY = {"mnist": ("body.pool1", "body.pool2"), "fashion-mnist": ("body.block2", "body.block3")}
 # the study's settings where they differ from the main run (a VGG tail after block2 holds most of the network)
 GATE_STUDY_OVERRIDES: dict[str, dict[str, Any]] = {"mnist": {}, "fashion-mnist": {}}
