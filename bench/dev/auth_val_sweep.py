@@ -21,28 +21,15 @@ from dataclasses import replace
 
 import torch
 
-from modelshield.auth import AuthConfig, AuthKey, channel_means, embed, generate_key, select_bits
+from modelshield.auth import AuthKey, embed
 from modelshield.auth.evaluation import accuracy_with_key
-from modelshield.bench.auth_suite import CONFIGS
+from modelshield.bench.auth_suite import CONFIGS, independent_key
 from modelshield.bench.harness import BenchContext
 from modelshield.bench.train_suite import victim
-from modelshield.data import TensorData, load_dataset
+from modelshield.data import load_dataset
 from modelshield.training import evaluate
 
 EARLIER_RECIPE = {"tail_epochs": 10, "decoy_ratio": 1.0, "distill": 0.0}  # the defaults before the sweep
-
-
-def _independent_keys(model: torch.nn.Module, key: AuthKey, train: TensorData, config: AuthConfig, count: int) -> list[AuthKey]:
-    """Keys made with the same public procedure as the real one, on seeds the bench does not use."""
-    keys = []
-    for i in range(count):
-        gen = torch.Generator().manual_seed(50_000 + i)
-        x = train.x if config.key_images is None else train.subset(config.key_images, 60_000 + i).x
-        means = channel_means(model, key.gate, x)
-        pool = config.bit_pool or max(len(key.bits), min(4 * len(key.bits), int((means > 0).sum())))
-        bits = select_bits(means, len(key.bits), config.gamma, pool=pool, generator=gen)
-        keys.append(generate_key(model, key.gate, x, bits, key.normalization, replace(config.key, seed=70_000 + i)).key)
-    return keys
 
 
 def main() -> None:
@@ -67,8 +54,9 @@ def main() -> None:
         gen = torch.Generator().manual_seed(123)
         randoms = [accuracy_with_key(result.model, AuthKey.random(result.key.input_shape, result.key.normalization, generator=gen), bundle.val)
                    for _ in range(3)]
-        independent = [accuracy_with_key(result.model, other, bundle.val)
-                       for other in _independent_keys(result.model, result.key, bundle.train, config, args.independent_keys)]
+        independent = [accuracy_with_key(result.model, independent_key(result.model, result.key, bundle.train, config, bit_seed=50_000 + i,
+                                                                       data_seed=60_000 + i, key_seed=70_000 + i), bundle.val)
+                       for i in range(args.independent_keys)]  # seeds the bench does not use
         print(json.dumps({"overrides": json.loads(text), "clean_val": clean_val, "cpu_seconds": round(cpu, 1),
                           "kept_epoch": result.best_epoch, "val_legit": result.val_legit, "val_unauthorized": result.val_unauthorized,
                           "epochs": [[h["epoch"], h["val_legit"], h["val_unauthorized"], h.get("val_decoy")] for h in result.history],

@@ -118,7 +118,7 @@ def test_works_for_other_class_counts_and_colour_inputs() -> None:
 def test_distillation_term_blends_cross_entropy_and_the_teachers_soft_targets() -> None:
     import torch.nn.functional as F
 
-    from modelshield.auth.embedding import _distill_term
+    from modelshield.auth.embedding import _with_distillation
 
     gen = torch.Generator().manual_seed(0)
     teacher = torch.randn(4, 5, generator=gen)  # the first 4 inputs are the keyed ones
@@ -127,7 +127,7 @@ def test_distillation_term_blends_cross_entropy_and_the_teachers_soft_targets() 
     labels = torch.randint(0, 5, (6,), generator=gen)
     ce = F.cross_entropy(logits, labels, reduction="none")
     config = AuthConfig(distill=0.25, distill_temperature=2.0)
-    total = ce + _distill_term(logits, index, teacher, config, ce)
+    total = _with_distillation(ce, logits, index, teacher, config)
     keyed = torch.tensor([True, True, False, True, False, True])
     kl = F.kl_div(F.log_softmax(logits[keyed] / 2, dim=1), F.softmax(teacher[index[keyed]] / 2, dim=1), reduction="none").sum(1) * 4
     assert torch.allclose(total[keyed], 0.75 * ce[keyed] + 0.25 * kl, atol=1e-5)

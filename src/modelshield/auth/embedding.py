@@ -164,6 +164,15 @@ class AuthConfig:
         if any(not 0 < f < 1 for f in self.lr_milestones):
             raise ConfigError(f"lr_milestones are fractions of the run in (0, 1), got {self.lr_milestones}")
 
+    def pool_size(self, means: torch.Tensor, num_bits: int) -> int:
+        """How many lowest live channels the bits are drawn from: ``bit_pool``, else ``4 N`` capped at the live ones.
+
+        Example:
+            >>> AuthConfig().pool_size(torch.tensor([0.0, 0.1, 0.2, 0.3]), 2), AuthConfig(bit_pool=2).pool_size(torch.ones(8), 2)
+            (3, 2)
+        """
+        return self.bit_pool or max(num_bits, min(4 * num_bits, int((means > 0).sum())))
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (the seed is left out: it can regenerate the key)."""
         doc = asdict(self)
@@ -274,19 +283,20 @@ def _gate_batches(model: nn.Module, gate: str, x: torch.Tensor, key: AuthKey | N
     return torch.cat(out) if out else torch.empty(0)
 
 
-def _distill_term(logits: torch.Tensor, index: torch.Tensor, teacher: torch.Tensor, config: AuthConfig,
-                  cross_entropy: torch.Tensor) -> torch.Tensor:
-    """Per-sample correction that turns the keyed samples' loss into ``(1 - a) CE + a T^2 KL(teacher || student)``.
+def _with_distillation(cross_entropy: torch.Tensor, logits: torch.Tensor, index: torch.Tensor, teacher: torch.Tensor,
+                       config: AuthConfig) -> torch.Tensor:
+    """Per-sample loss: ``(1 - a) CE + a T^2 KL(teacher || student)`` for the keyed samples, CE for the others.
 
-    The keyed samples are the first ``len(teacher)`` inputs; the others get 0.
+    The keyed samples are the first ``len(teacher)`` inputs (``index`` holds the batch's input positions).
     """
     keyed = index < len(teacher)
-    out = torch.zeros_like(cross_entropy)
-    if bool(keyed.any()):
-        t = config.distill_temperature
-        soft = F.softmax(teacher[index[keyed]] / t, dim=1)
-        kl = (soft * (soft.clamp_min(1e-12).log() - F.log_softmax(logits[keyed] / t, dim=1))).sum(dim=1) * t * t
-        out[keyed] = config.distill * (kl - cross_entropy[keyed])
+    if not bool(keyed.any()):
+        return cross_entropy
+    t = config.distill_temperature
+    soft = F.softmax(teacher[index[keyed]] / t, dim=1)
+    kl = (soft * (soft.clamp_min(1e-12).log() - F.log_softmax(logits[keyed] / t, dim=1))).sum(dim=1) * t * t
+    out = cross_entropy.clone()
+    out[keyed] = (1 - config.distill) * cross_entropy[keyed] + config.distill * kl
     return out
 
 
@@ -329,7 +339,7 @@ def embed(model: nn.Module, train: TensorData, val: TensorData, *, config: AuthC
         key_x = train.x[torch.randperm(len(train), generator=gen)[: config.key_images]]
     means = channel_means(model, gate, key_x)  # a_c estimated on the key-generation images
     num_bits = config.num_bits or default_num_bits(split.channels)
-    pool = config.bit_pool or max(num_bits, min(4 * num_bits, int((means > 0).sum())))
+    pool = config.pool_size(means, num_bits)
     bits = select_bits(means, num_bits, config.gamma, pool=pool, generator=gen)
     t_bits = time.perf_counter()
 
@@ -381,11 +391,14 @@ def embed(model: nn.Module, train: TensorData, val: TensorData, *, config: AuthC
         val_keyed, val_plain, val_decoy = key.apply(val.x), val.x, val_decoy_x
         forward = model
     del decoys
+
+    def predict(batch: torch.Tensor) -> torch.Tensor:
+        return torch.cat([forward(batch[i : i + 1024]) for i in range(0, len(batch), 1024)])
+
     teacher = None
     if config.distill:  # the clean model's soft targets on the plain images, computed before the tail moves
         with torch.no_grad():
-            plain = inputs[len(train) : 2 * len(train)]
-            teacher = torch.cat([forward(plain[i : i + 1024]) for i in range(0, len(plain), 1024)])
+            teacher = predict(inputs[len(train) : 2 * len(train)])
     labels = torch.cat([train.y, fake, fake_decoys])
     weights = torch.ones(len(labels))
     weights[: len(train)] = config.keyed_weight
@@ -401,7 +414,7 @@ def embed(model: nn.Module, train: TensorData, val: TensorData, *, config: AuthC
     best: tuple[float, int, dict[str, torch.Tensor] | None, float, float] = (-2.0, 0, None, 0.0, 0.0)
 
     def accuracy(batch: torch.Tensor) -> float:
-        return score_logits(torch.cat([forward(batch[i : i + 1024]) for i in range(0, len(batch), 1024)]), val.y).accuracy
+        return score_logits(predict(batch), val.y).accuracy
 
     def scores() -> tuple[float, float, float | None]:
         model.eval()
@@ -421,7 +434,7 @@ def embed(model: nn.Module, train: TensorData, val: TensorData, *, config: AuthC
                     logits = forward(inputs[index])
                     per_sample = F.cross_entropy(logits, labels[index], reduction="none")
                     if teacher is not None:
-                        per_sample = per_sample + _distill_term(logits, index, teacher, config, per_sample)
+                        per_sample = _with_distillation(per_sample, logits, index, teacher, config)
                     loss = (per_sample * weights[index]).mean()
                     opt.zero_grad(set_to_none=True)
                     loss.backward()

@@ -41,11 +41,12 @@ from modelshield.auth import AuthConfig, AuthKey, KeyGenConfig, channel_means, e
 from modelshield.auth.evaluation import accuracy_with_key, evaluate_auth
 from modelshield.bench.harness import BenchContext, SuiteReport, markdown_table
 from modelshield.bench.train_suite import QUICK_TRAIN_SIZE, VICTIMS, victim
+from modelshield.data import TensorData
 from modelshield.errors import ConfigError
 from modelshield.models import build_model, load_checkpoint, save_checkpoint
 from modelshield.training import TrainConfig, evaluate, seed_everything, torch_threads, train_model
 
-__all__ = ["CONFIGS", "run"]
+__all__ = ["CONFIGS", "independent_key", "run"]
 
 DATASETS = ("mnist", "fashion-mnist")
 DATASETS_ENV = "MODELSHIELD_AUTH_DATASETS"
@@ -159,19 +160,20 @@ def _second_keys(ctx: BenchContext, dataset: str, model: torch.nn.Module, key: A
                  count: int) -> list[float]:
     """Keys generated independently with the same public procedure (fresh seeds) on the protected model."""
     bundle = ctx.dataset(dataset)
-    train = bundle.train
-    num_bits = len(key.bits)
-    accs = []
-    for i in range(count):
-        gen = torch.Generator().manual_seed(10_000 + 97 * ctx.seed + i)
-        x = train.x if config.key_images is None else train.subset(config.key_images, 20_000 + i).x
-        means = channel_means(model, key.gate, x)
-        pool = config.bit_pool or max(num_bits, min(4 * num_bits, int((means > 0).sum())))
-        bits = select_bits(means, num_bits, config.gamma, pool=pool, generator=gen)
-        other = generate_key(model, key.gate, x, bits, key.normalization,
-                             replace(config.key, seed=30_000 + 97 * ctx.seed + i)).key
-        accs.append(accuracy_with_key(model, other, bundle.test))
-    return accs
+    return [accuracy_with_key(model, independent_key(model, key, bundle.train, config, bit_seed=10_000 + 97 * ctx.seed + i,
+                                                     data_seed=20_000 + i, key_seed=30_000 + 97 * ctx.seed + i), bundle.test)
+            for i in range(count)]
+
+
+def independent_key(model: torch.nn.Module, key: AuthKey, train: TensorData, config: AuthConfig, *, bit_seed: int,
+                    data_seed: int, key_seed: int) -> AuthKey:
+    """A key made with the same public procedure as ``key`` (bits drawn afresh, key images, key generation) on
+    the given seeds: what an attacker who knows the method but not the secret would try."""
+    x = train.x if config.key_images is None else train.subset(config.key_images, data_seed).x
+    means = channel_means(model, key.gate, x)
+    bits = select_bits(means, len(key.bits), config.gamma, pool=config.pool_size(means, len(key.bits)),
+                       generator=torch.Generator().manual_seed(bit_seed))
+    return generate_key(model, key.gate, x, bits, key.normalization, replace(config.key, seed=key_seed)).key
 
 
 def _eval_cell(ctx: BenchContext, dataset: str, model: torch.nn.Module, key: AuthKey, config: AuthConfig) -> dict[str, Any]:
