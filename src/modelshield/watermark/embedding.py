@@ -79,6 +79,7 @@ class WatermarkConfig:
         ver_weight: ``b2``, weight of ``L_ver`` within the watermark task.
         mgda: ``head`` (task gradients of the last linear layer), ``full`` (all parameters) or ``off``.
         mgda_floor: lower bound of every MGDA weight (0.001 as in the authors' code).
+        mgda_normalize: normalise the task gradients to unit length before the min-norm problem.
         val_samples: composites and evasion mixes of the validation split scored per epoch for selection.
         seed: seeds shuffling and composite sampling (the model's initialisation is the caller's).
     """
@@ -96,6 +97,7 @@ class WatermarkConfig:
     ver_weight: float = 1.0
     mgda: str = "head"
     mgda_floor: float = 0.001
+    mgda_normalize: bool = True
     val_samples: int = 500
     seed: int = 0
 
@@ -202,10 +204,11 @@ def _head_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 @dataclass
 class _Batch:
-    x: torch.Tensor
-    y: torch.Tensor
+    x: torch.Tensor  # clean images, then (when a source class is missing from the batch) extra reference images
+    y: torch.Tensor  # labels of the clean images only
     wm: torch.Tensor
-    ref: torch.Tensor  # (2m, ...): x_a of each composite, then x_b
+    ia: torch.Tensor  # row of x holding x_a of each composite
+    ib: torch.Tensor  # row of x holding x_b
     eva: torch.Tensor
     eva_y: torch.Tensor
 
@@ -224,28 +227,42 @@ class WatermarkLoss:
         self.weights: list[torch.Tensor] = []
 
     def compose(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> _Batch:
-        """Add composites (with the images they were made of) and evasion mixes to a clean batch."""
+        """Add composites and evasion mixes to a clean batch.
+
+        Composites are made of the batch's own source-class images where it has some (so their reference
+        outputs come from the clean forward pass at no extra cost), else of training images appended as
+        extra rows that are forwarded without entering ``L_util``.
+        """
         m = max(1, round(self.config.watermark_fraction * len(x)))
         e = round(self.config.evasion_fraction * len(x))
-        xa, xb = self.pool.sample(m, generator)
-        wm = make_composites(xa, xb, self.key, generator)
+        rows = []
+        extra = [x]
+        offset = len(x)
+        for cls, pool_x in ((self.key.source_a, self.pool.a), (self.key.source_b, self.pool.b)):
+            present = (y == cls).nonzero().flatten()
+            if len(present):
+                rows.append(present[torch.randint(len(present), (m,), generator=generator)])
+            else:
+                extra.append(pool_x[torch.randint(len(pool_x), (m,), generator=generator)])
+                rows.append(torch.arange(offset, offset + m))
+                offset += m
+        x_all = torch.cat(extra)
+        wm = make_composites(x_all[rows[0]], x_all[rows[1]], self.key, generator)
         if e:
-            ea, eb = self.pool.sample(e, generator)
-            eva, eva_y = make_evasion(ea, eb, self.key, generator)
+            eva, eva_y = make_evasion(*self.pool.sample(e, generator), self.key, generator)
         else:
             eva, eva_y = x[:0], y[:0]
-        return _Batch(x, y, wm, torch.cat([xa, xb]), eva, eva_y)
+        return _Batch(x_all, y, wm, rows[0], rows[1], eva, eva_y)
 
     def task_losses(self, model: nn.Module, batch: _Batch) -> list[torch.Tensor]:
         """[L_util, b1 L_com + b2 L_ver, L_eva] (the last only with evasion mixes in the batch)."""
-        n, m = len(batch.x), len(batch.wm)
-        with torch.no_grad():
-            ref = F.log_softmax(model(batch.ref), dim=1)
+        n, r, m = len(batch.y), len(batch.x), len(batch.wm)
         out = model(torch.cat([batch.x, batch.wm, batch.eva]))
-        clean, wm, eva = out[:n], out[n : n + m], out[n + m :]
+        clean, wm, eva = out[:n], out[r : r + m], out[r + m :]
+        ref = F.log_softmax(out[:r].detach(), dim=1)
         log_p = F.log_softmax(wm, dim=1)
         p = log_p.exp()
-        com = ((p * (log_p - ref[:m])).sum(dim=1) + (p * (log_p - ref[m:])).sum(dim=1)).mean()
+        com = ((p * (log_p - ref[batch.ia])).sum(dim=1) + (p * (log_p - ref[batch.ib])).sum(dim=1)).mean()
         ver = F.cross_entropy(wm, torch.full((m,), self.key.target, dtype=torch.long))
         tasks = [F.cross_entropy(clean, batch.y), self.config.com_weight * com + self.config.ver_weight * ver]
         if len(batch.eva):
@@ -263,7 +280,7 @@ class WatermarkLoss:
             for loss in tasks:
                 grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
                 flat = torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params)])
-                rows.append(flat / flat.norm().clamp_min(1e-12))
+                rows.append(flat / flat.norm().clamp_min(1e-12) if self.config.mgda_normalize else flat)
             w = min_norm_weights(torch.stack(rows))
             w = w.clamp_min(self.config.mgda_floor)
             w = w / w.sum()
