@@ -29,6 +29,7 @@ DEMO_STAGES: tuple[str, ...] = (
     "modelshield.lock.demo:stage",
     "modelshield.defense.demo_stage:stage",
     "modelshield.auth.demo:stage",
+    "modelshield.watermark.demo:stage",
 )
 
 DEMO_TRAIN = TrainConfig(epochs=30, batch_size=64, lr=3e-3, schedule="cosine")
