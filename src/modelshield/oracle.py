@@ -126,8 +126,9 @@ class ModelOracle(Oracle):
     """An in-process oracle.
 
     Args:
-        target: an ``nn.Module`` (answered with its plain softmax, no policy: put it behind a ``ProtectedModel``
-            for a defense, an output mode or a budget), or an :class:`Answerer` such as ``ProtectedModel``.
+        target: an ``nn.Module`` (put in eval mode and answered with its plain softmax, no policy: put it behind
+            a ``ProtectedModel`` for a defense, an output mode or a budget), or an :class:`Answerer` such as
+            ``ProtectedModel``.
         client_id: the identity the queries are sent as.
         policy: the client's policy passed to the answerer (e.g. ``ClientPolicy(output="label", budget=5000)``);
             None: the answerer's default.
