@@ -566,7 +566,8 @@ class BenchContext:
 def _git_text(git: dict[str, Any]) -> str:
     if git["commit"] == "unknown":
         return "git commit unknown (not run from a git checkout)"
-    state = (f"with uncommitted changes in {len(git['changed'])}{'+' if len(git['changed']) >= 20 else ''} paths"
+    n = len(git["changed"])
+    state = (f"with uncommitted changes in {n}{'+' if n >= 20 else ''} path{'' if n == 1 else 's'}"
              if git["dirty"] else "clean tree")
     return f"git commit `{git['commit'][:12]}` ({state})"
 
