@@ -586,7 +586,7 @@ def _threads_text(threads: dict[str, list[int]]) -> str:
     def join(values: list[int]) -> str:
         return ", ".join(map(str, values)) or "-"
 
-    text = f"{join(threads['this_run'])} in this run"
+    text = f"{join(threads['this_run'])} in this run" if threads["this_run"] else "no work in this run"
     return text + (f"; {join(threads['reused_cells'])} in the reused cells" if threads["reused_cells"] else "")
 
 
