@@ -60,7 +60,7 @@ def test_corrupt_and_truncated_checkpoints(tmp_path) -> None:
 
 def test_foreign_safetensors_and_missing_file(tmp_path) -> None:
     save_file({"w": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
-    with pytest.raises(FormatError, match="without modelshield metadata"):
+    with pytest.raises(FormatError, match="not a modelshield checkpoint .no .modelshield. metadata"):
         load_checkpoint(tmp_path / "plain.safetensors")
     with pytest.raises(ConfigError, match="modelshield train"):
         load_checkpoint(tmp_path / "absent.safetensors")

@@ -387,6 +387,16 @@ class Fields:
             raise self.fail(f"{where}{key}", f"a list of {count} integers in {lo}..{hi}", value)
         return list(value)
 
+    def number_list(self, doc: Mapping[str, Any], key: str, *, where: str = "", length: int | None = None,
+                    max_items: int = 1 << 16) -> list[float]:
+        """A list of finite numbers (exactly ``length`` of them if given, else at most ``max_items``)."""
+        value = self._get(doc, key)
+        count_ok = isinstance(value, list) and (len(value) == length if length is not None else len(value) <= max_items)
+        if not count_ok or any(type(v) not in (int, float) or not math.isfinite(v) for v in value):
+            count = f"{length}" if length is not None else f"at most {max_items}"
+            raise self.fail(f"{where}{key}", f"a list of {count} finite numbers", value)
+        return [float(v) for v in value]
+
     def obj(self, doc: Mapping[str, Any], key: str, *, where: str = "", max_entries: int = 1 << 16) -> dict[str, Any]:
         """A JSON object (its contents unchecked) of at most ``max_entries`` entries."""
         value = self._get(doc, key)

@@ -189,7 +189,7 @@ def test_artifacts_round_trip_and_validation(tiny, artifacts, tmp_path) -> None:
 
     ck = save_checkpoint(tmp_path / "model.safetensors", model, CheckpointMeta.for_model(
         "lenet5", in_channels=1, image_size=8, num_classes=4, dataset="synthetic"))
-    with pytest.raises(FormatError, match="not a QUEEN artefact"):
+    with pytest.raises(FormatError, match="not a modelshield QUEEN artefact file"):
         load_queen_artifacts(ck)
     with pytest.raises(ConfigError, match="do not exist"):
         load_queen_artifacts(tmp_path / "missing.safetensors")
