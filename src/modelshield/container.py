@@ -80,10 +80,12 @@ __all__ = [
     "load_secret_file",
     "metadata_entry",
     "metadata_header",
+    "open_input",
     "parse_header",
     "parse_json",
     "read_safetensors_header",
     "save_secret_file",
+    "secret_from_env",
 ]
 
 DEFAULT_MAX_HEADER_BYTES = 1 << 20
@@ -524,7 +526,44 @@ def metadata_entry(doc: Mapping[str, Any], key: str, spec: HeaderSpec) -> dict[s
     return {key: encode_header(doc, spec).decode("utf-8")}
 
 
-# -- secret files ---------------------------------------------------------------------------------------------
+# -- files ----------------------------------------------------------------------------------------------------
+def open_input(path: str | os.PathLike[str], *, what: str, missing_hint: str = "") -> BinaryIO:
+    """Open a file to read, turning "missing", "a directory" or "not a regular file" into one-line ConfigErrors.
+
+    Example:
+        >>> open_input("/nonexistent/m.mslock", what="locked file", missing_hint=" (create one with `modelshield lock`)")
+        Traceback (most recent call last):
+        ...
+        modelshield.errors.ConfigError: locked file /nonexistent/m.mslock does not exist (create one with `modelshield lock`)
+    """
+    path = Path(path)
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - the caller closes it
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist{missing_hint}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a directory, expected a {what}") from None
+    if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+        handle.close()
+        raise ConfigError(f"{path} is not a regular file, expected a {what}")
+    return handle
+
+
+def secret_from_env(variable: str, *, expected: str) -> str:
+    """The stripped value of an environment variable holding a secret; ConfigError naming it when unset.
+
+    Example:
+        >>> secret_from_env("MODELSHIELD_SURELY_UNSET", expected="a base64 key")
+        Traceback (most recent call last):
+        ...
+        modelshield.errors.ConfigError: environment variable MODELSHIELD_SURELY_UNSET is not set (expected a base64 key)
+    """
+    value = os.environ.get(variable, "").strip()
+    if not value:
+        raise ConfigError(f"environment variable {variable} is not set (expected {expected})")
+    return value
+
+
 def save_secret_file(path: str | os.PathLike[str], data: bytes, *, what: str = "key file",
                      overwrite: bool = False) -> Path:
     """Write a secret atomically with mode 0600; refuse to replace an existing file unless ``overwrite``.
@@ -565,16 +604,8 @@ def load_secret_file(path: str | os.PathLike[str], *, max_bytes: int, what: str 
         FormatError: the file is larger than ``max_bytes``.
     """
     path = Path(path)
-    try:
-        handle = open(path, "rb")  # noqa: SIM115 - closed below
-    except FileNotFoundError:
-        raise ConfigError(f"{what} {path} does not exist{missing_hint}") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path} is a directory, expected a {what}") from None
-    with handle:
+    with open_input(path, what=what, missing_hint=missing_hint) as handle:
         st = os.fstat(handle.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"{path} is not a regular file, expected a {what}")
         if st.st_size > max_bytes:
             raise FormatError(f"{path}: {st.st_size} bytes is over the {max_bytes}-byte cap for a {what}")
         mode = stat.S_IMODE(st.st_mode)

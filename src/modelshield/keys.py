@@ -35,7 +35,15 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from modelshield.container import Fields, HeaderSpec, encode_header, load_secret_file, parse_header, save_secret_file
+from modelshield.container import (
+    Fields,
+    HeaderSpec,
+    encode_header,
+    load_secret_file,
+    parse_header,
+    save_secret_file,
+    secret_from_env,
+)
 from modelshield.errors import ConfigError, FormatError
 
 __all__ = ["DEFAULT_KEY_ENV", "KEY_BYTES", "ScryptParams", "SecretKey", "load_secret_key"]
@@ -156,10 +164,7 @@ class SecretKey:
     @classmethod
     def from_env(cls, variable: str = DEFAULT_KEY_ENV) -> SecretKey:
         """Read a base64 key (or key-file JSON) from an environment variable."""
-        value = os.environ.get(variable)
-        if not value:
-            raise ConfigError(f"environment variable {variable} is not set (expected a base64 key)")
-        return cls.from_text(value, source=f"${variable}")
+        return cls.from_text(secret_from_env(variable, expected="a base64 key"), source=f"${variable}")
 
     # -- use ----------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:

@@ -66,6 +66,7 @@ from modelshield.container import (
     metadata_header,
     read_safetensors_header,
     save_secret_file,
+    secret_from_env,
 )
 from modelshield.data.types import Normalization
 from modelshield.errors import ConfigError, FormatError
@@ -291,11 +292,9 @@ class AuthKey:
     @classmethod
     def from_env(cls, variable: str = AUTH_KEY_ENV) -> AuthKey:
         """Read a key from an environment variable holding the key file as base64."""
-        value = os.environ.get(variable)
-        if not value:
-            raise ConfigError(f"environment variable {variable} is not set (expected a base64 auth key file)")
+        value = secret_from_env(variable, expected="a base64 auth key file")
         try:
-            data = base64.b64decode(value.strip(), validate=True)
+            data = base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
             raise FormatError(f"${variable}: not valid base64") from None
         return cls.from_bytes(data, source=f"${variable}")

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from modelshield._io import atomic_write_bytes
+from modelshield.container import open_input
 from modelshield.errors import ConfigError, FormatError, IntegrityError, did_you_mean
 from modelshield.keys import ScryptParams, SecretKey
 from modelshield.lock.engine import lock_payload, unlock_payload
@@ -285,13 +286,7 @@ class LockedModel:
         """
         path = Path(path)
         source = str(path)
-        try:
-            handle = open(path, "rb")  # noqa: SIM115 - closed below
-        except FileNotFoundError:
-            raise ConfigError(f"locked file {path} does not exist (create one with `modelshield lock`)") from None
-        except IsADirectoryError:
-            raise ConfigError(f"{path} is a directory, expected a locked file") from None
-        with handle:
+        with open_input(path, what="locked file", missing_hint=" (create one with `modelshield lock`)") as handle:
             header, header_bytes, start = _read_head(lambda offset, n: handle.read(n), os.fstat(handle.fileno()).st_size, source)
             payload = np.empty(header.payload_bytes, dtype=np.uint8)
             got = handle.readinto(memoryview(payload)) if header.payload_bytes else 0
