@@ -98,16 +98,16 @@ def _with_header(data: bytes, edit) -> bytes:  # type: ignore[no-untyped-def]
 
 def test_malformed_files_are_format_errors(tmp_path) -> None:
     data = _key().to_bytes()
+    # truncation, versions, duplicate keys, NaN and foreign files: tests/formats/test_malformed.py
     cases = {
-        "truncated": data[:5],
-        "cut": data[: len(data) // 2],
-        "foreign": b"\x10\x00\x00\x00\x00\x00\x00\x00" + b'{"a": 1}        ',
-        "version": _with_header(data, lambda h, m: m.update(version=2)),
-        "shape": _with_header(data, lambda h, m: m.update(input_shape=[3, 5, 7])),
-        "dtype": _with_header(data, lambda h, m: h["mask"].update(dtype="F64")),
+        "shape": (_with_header(data, lambda h, m: m.update(input_shape=[3, 5, 7])), "tensor 'mask': expected float32 of shape"),
+        "dtype": (_with_header(data, lambda h, m: h["mask"].update(dtype="F64")), "header field mask.data_offsets"),
+        "tensors": (_with_header(data, lambda h, m: h.update(extra=h["mask"])), "safetensors data is not tiled exactly"),
+        "gate": (_with_header(data, lambda h, m: m.update(gate=3)), "header field gate: expected a string"),
+        "theta": (_with_header(data, lambda h, m: m.update(theta=0)), "header field theta: expected a number"),
     }
-    for name, blob in cases.items():
-        with pytest.raises(FormatError):
+    for name, (blob, message) in cases.items():
+        with pytest.raises(FormatError, match=message):
             AuthKey.from_bytes(blob, source=name)
     with pytest.raises(ConfigError, match="does not exist"):
         AuthKey.load(tmp_path / "missing.authkey")

@@ -177,8 +177,6 @@ def test_malformed_headers_name_the_field(image, edit, message) -> None:
 @pytest.mark.parametrize(("header", "message"), [
     (b"\xff\xfe{}", "header is not UTF-8 text"),
     (b"{not json", "header is not valid JSON"),
-    (b'{"a":1,"a":2}', "duplicate key 'a'"),
-    (b'{"rounds":NaN}', "non-standard JSON constant NaN"),
     (b"[" * 5000 + b"]" * 5000, "header"),
     (b"[]", "header field \\(top level\\): expected a JSON object"),
 ])
