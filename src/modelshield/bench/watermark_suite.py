@@ -50,7 +50,6 @@ from modelshield.attacks.removal import (
 )
 from modelshield.bench.harness import BenchContext, SuiteReport, _safe, markdown_table
 from modelshield.data import DatasetBundle, TensorData
-from modelshield.errors import FormatError
 from modelshield.models import CheckpointMeta, build_model, load_checkpoint, save_checkpoint
 from modelshield.oracle import ModelOracle
 from modelshield.training import TrainConfig, evaluate, seed_everything, torch_threads
@@ -130,15 +129,8 @@ class _Models:
         self.ctx, self.dataset, self.bundle = ctx, dataset, bundle
 
     def get(self, name: str, build: Callable[[], tuple[nn.Module, str, dict[str, Any]]]) -> tuple[nn.Module, dict[str, Any]]:
-        """``build() -> (model, architecture, record)``; cached under ``name``."""
+        """``build() -> (model, architecture, record)``; cached under ``name`` (recomputed if the weights are gone)."""
         path = self.ctx.cache_dir / f"{_safe(name)}.safetensors"
-        cell = self.ctx.cache_dir / f"{_safe(name)}.json"
-        if path.exists() and cell.exists():
-            try:
-                return load_checkpoint(path).model.eval(), self.ctx.cell(name, lambda: {})
-            except FormatError:
-                pass
-        cell.unlink(missing_ok=True)
         box: dict[str, nn.Module] = {}
 
         def compute() -> dict[str, Any]:
@@ -153,8 +145,13 @@ class _Models:
             box["model"] = model
             return record
 
-        record = self.ctx.cell(name, compute)
+        record = _cell(self.ctx, name, compute, reuse_if=lambda _r: path.exists())
         return box.get("model") or load_checkpoint(path).model.eval(), record
+
+
+def _cell(ctx: BenchContext, name: str, fn: Callable[[], Any], *, reuse_if: Callable[[Any], bool] | None = None) -> Any:
+    """A harness cell; every setting a cell depends on is hashed into its name (``tag`` digests)."""
+    return ctx.cell(name, fn, config={"cell": name}, reuse_if=reuse_if)
 
 
 def _pirate(plan: _Plan, bundle: DatasetBundle, victim: nn.Module, attack: str, labels: str, arch: str,
@@ -213,7 +210,7 @@ def _verify_cell(ctx: BenchContext, name: str, model: nn.Module, images: TensorD
         hits = count_target(model, images, key, samples=config.samples, seed=config.seed)
         ev = count_target(model, images, key, samples=config.evasion_samples, seed=config.seed + 1, evasion=True)
         return {"hits": hits, "samples": config.samples, "evasion_hits": ev, "evasion_samples": config.evasion_samples}
-    return ctx.cell(f"{name}/verify-{_digest(asdict(config), key.to_dict())}", compute)
+    return _cell(ctx, f"{name}/verify-{_digest(asdict(config), key.to_dict())}", compute)
 
 
 def _decide(v: dict[str, Any], null: NullCalibration, alpha: float) -> dict[str, Any]:
@@ -222,11 +219,16 @@ def _decide(v: dict[str, Any], null: NullCalibration, alpha: float) -> dict[str,
             "p_value": p, "verdict": p < alpha}
 
 
+def clean_fingerprint(ctx: BenchContext, plan: _Plan, dataset: str) -> str:
+    """Fingerprint of the clean model's weights (pirates of it and the calibration depend on it)."""
+    return str(ctx.trained_model(ARCH, dataset, plan.clean, train_size=plan.train_size).record["fingerprint"])
+
+
 def _dataset(ctx: BenchContext, plan: _Plan, dataset: str) -> dict[str, Any]:
     bundle = ctx.dataset(dataset)
     key = WatermarkKey.for_dataset(dataset, seed=ctx.seed)
     models = _Models(ctx, dataset, bundle)
-    tag = _digest(asdict(plan.clean), plan.train_size, asdict(plan.embed), key.to_dict(), asdict(plan.pirate), plan.budget)
+    tag = _digest(clean_fingerprint(ctx, plan, dataset), asdict(plan.clean), plan.train_size, asdict(plan.embed), key.to_dict(), asdict(plan.pirate), plan.budget)
     vcfg = plan.verify
 
     # clean model of the victim's architecture (the harness's cache) and the watermarked victim
@@ -321,7 +323,7 @@ def _dataset(ctx: BenchContext, plan: _Plan, dataset: str) -> dict[str, Any]:
 
     out["suspects"] = table(suspects, "suspect")
     out["independent"] = table(independent, "independent")
-    out["timing"] = ctx.cell(f"{dataset}/timing-{tag}-e{plan.timing_epochs}", lambda: _timing(plan, bundle, key))
+    out["timing"] = _cell(ctx, f"{dataset}/timing-{tag}-e{plan.timing_epochs}", lambda: _timing(plan, bundle, key))
 
     if plan.orientation_check:
         key_lr = replace(key, orientation="left-right")
