@@ -99,7 +99,7 @@ def test_select_with_patience_stops_early() -> None:
 
 
 def test_params_trains_only_the_given_parameters() -> None:
-    train, _, test = _data()
+    train, _, _ = _data()
     model = _model()
     head = list(model.classifier.parameters())
     frozen_before = {k: v.clone() for k, v in model.body.state_dict().items()}
