@@ -176,6 +176,7 @@ class BenchContext:
                       "val_accuracy": result.val_accuracy, "test_accuracy": test.accuracy,
                       "train_seconds": result.wall_seconds, "history": result.history}
             atomic_write_bytes(record_path, json.dumps(record, indent=1).encode())
+            record = json.loads(json.dumps(record))  # the form a later run loads (tuples such as milestones become lists)
             return load_checkpoint(weights), record
 
     def write(self, report: SuiteReport, *, started: float, command: list[str]) -> dict[str, Path]:
