@@ -462,11 +462,15 @@ class BenchContext:
                    train_size: int | None = None) -> str:
         """File stem of a trained model in :attr:`models_dir`: ``<arch>-<dataset>-s<seed>-<digest>``.
 
-        The digest hashes every field of ``config`` and ``train_size``; a test pins it for the benchmark victims
+        The digest hashes every field of ``config`` that acts on the run (``milestones`` only under the
+        ``multistep`` schedule) and ``train_size``; a test pins it for the benchmark victims
         (a new :class:`~modelshield.training.TrainConfig` field changes it, and the victims are then retrained).
         """
         seed = self.seed if seed is None else seed
-        digest = hashlib.sha256(json.dumps([asdict(config), train_size], sort_keys=True).encode()).hexdigest()[:10]
+        fields = asdict(config)
+        if config.schedule != "multistep":  # milestones act only on that schedule: other configs keep their names
+            fields.pop("milestones")
+        digest = hashlib.sha256(json.dumps([fields, train_size], sort_keys=True).encode()).hexdigest()[:10]
         return f"{architecture}-{dataset}-s{seed}-{digest}"
 
     def trained_model(self, architecture: str, dataset: str, config: TrainConfig, *, seed: int | None = None,
