@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from modelshield.data import load_dataset
+from modelshield.defense import ClientPolicy, NoDefense, ProtectedModel
 from modelshield.errors import ConfigError
 from modelshield.models import build_model
 from modelshield.oracle import ModelOracle
@@ -80,7 +81,7 @@ def test_oracle_and_callables_give_the_same_labels(models: dict) -> None:  # typ
     bundle, wm = models["bundle"], models["wm"]
     x = bundle.test.x[:300]
     direct = predict_labels(wm, x)
-    oracle = ModelOracle(wm, output="label")
+    oracle = ModelOracle(ProtectedModel(wm, NoDefense()), policy=ClientPolicy(output="label"))
     assert torch.equal(predict_labels(oracle, x, batch_size=64), direct)
     assert oracle.queries == 300
     as_numpy = lambda b: wm(b).detach().numpy()  # noqa: E731

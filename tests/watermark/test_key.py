@@ -32,15 +32,15 @@ def test_defaults() -> None:
 
 
 @pytest.mark.parametrize("mutate, message", [
-    (lambda d: d.update(format="modelshield-secret-key"), "not a watermark key file"),
-    (lambda d: d.update(version=2), "unsupported watermark key version 2"),
-    (lambda d: d.update(extra=1), "fields"),
-    (lambda d: d.update(target=True), "'target' must be an integer"),
+    (lambda d: d.update(format="modelshield-secret-key"), "not a modelshield watermark key file"),
+    (lambda d: d.update(version=2), "format version 2 is not supported"),
+    (lambda d: d.update(extra=1), r"unexpected \['extra'\]"),
+    (lambda d: d.update(target=True), "header field target: expected an integer"),
     (lambda d: d.update(target=0), "three distinct classes"),
-    (lambda d: d.update(source_classes=[0]), "'source_classes' must be two integers"),
-    (lambda d: d["combiner"].update(orientation="diagonal"), "orientation must be one of"),
-    (lambda d: d["combiner"].update(name="blend"), "'combiner'"),
-    (lambda d: d.update(input_shape=[1, 28]), "'input_shape'"),
+    (lambda d: d.update(source_classes=[0]), "header field source_classes"),
+    (lambda d: d["combiner"].update(orientation="diagonal"), "header field combiner.orientation"),
+    (lambda d: d["combiner"].update(name="blend"), "header field combiner.name"),
+    (lambda d: d.update(input_shape=[1, 28]), "header field input_shape"),
 ])
 def test_malformed_files_are_refused_naming_the_file(tmp_path: Path, mutate, message: str) -> None:  # type: ignore[no-untyped-def]
     doc = WatermarkKey.for_dataset("fashion-mnist", seed=1).to_dict()
@@ -57,10 +57,10 @@ def test_garbage_and_oversized(tmp_path: Path) -> None:
     path = tmp_path / "g.key"
     path.write_bytes(b"\xff\x00 not json")
     os.chmod(path, 0o600)
-    with pytest.raises(FormatError, match=f"{path}: not a watermark key file"):
+    with pytest.raises(FormatError, match=f"{path}: header is not UTF-8"):
         WatermarkKey.load(path)
     path.write_bytes(b" " * (1 << 17))
-    with pytest.raises(FormatError, match="too large"):
+    with pytest.raises(FormatError, match="over the 65536-byte cap"):
         WatermarkKey.load(path)
     with pytest.raises(ConfigError, match="does not exist"):
         WatermarkKey.load(tmp_path / "missing.key")

@@ -40,30 +40,30 @@ import torch
 from torch import nn
 
 from modelshield.attacks.extraction import PirateConfig, QueryPool, build_attack, score_pirate, train_pirate
+from modelshield.attacks.finetune import QUICK_THIEF, ThiefConfig, finetune, thief_data
 from modelshield.attacks.removal import (
     FinePruningConfig,
     TriggerInversionConfig,
     fine_prune,
-    finetune_model,
     prune_global_magnitude,
     remove_by_trigger_inversion,
 )
-from modelshield.bench.harness import BenchContext, SuiteReport, _safe, markdown_table
+from modelshield.bench.harness import BenchContext, Criterion, SuiteReport, _safe, markdown_table
 from modelshield.data import DatasetBundle, TensorData
 from modelshield.models import CheckpointMeta, build_model, load_checkpoint, save_checkpoint
+from modelshield.defense import ClientPolicy, NoDefense, ProtectedModel
 from modelshield.oracle import ModelOracle
-from modelshield.training import TrainConfig, evaluate, seed_everything, torch_threads
+from modelshield.training import TrainConfig, evaluate, seed_everything, train_model
 from modelshield.watermark import (
     NullCalibration,
     VerifyConfig,
     WatermarkConfig,
     WatermarkKey,
-    binomial_p_value,
     calibrate_null,
     count_target,
+    decide,
     embed_watermark,
 )
-from modelshield.watermark._loop import train_with_hooks
 
 __all__ = ["run"]
 
@@ -87,7 +87,7 @@ class _Plan:
     independent_clean_seeds: tuple[int, ...]
     attacks: tuple[tuple[str, str, str], ...]  # (attack, labels, pirate architecture)
     finetune_fraction: float
-    finetune: TrainConfig
+    finetune: ThiefConfig
     trigger_fraction: float
     trigger: TriggerInversionConfig
     timing_epochs: int
@@ -103,8 +103,8 @@ FULL = _Plan(
     independent_clean_seeds=(1, 2, 3, 4),
     attacks=(("distillation", "soft", ARCH), ("knockoff", "soft", ARCH), ("jbda", "soft", ARCH),
              ("knockoff", "hard", ARCH), ("knockoff", "soft", OTHER_ARCH)),
-    # thief's fine-tuning: 5 epochs, Adam 5e-4, cosine (a plain choice, not tuned)
-    finetune_fraction=0.10, finetune=TrainConfig(epochs=5, lr=5e-4, schedule="cosine"),
+    # the thief's fine-tuning: the project's one procedure and budget (attacks.finetune.ThiefConfig)
+    finetune_fraction=0.10, finetune=ThiefConfig(),
     trigger_fraction=0.05, trigger=TriggerInversionConfig(), timing_epochs=2, orientation_check=True,
 )
 QUICK = replace(
@@ -113,7 +113,7 @@ QUICK = replace(
     other_train_size=2_000, budget=4_000, pirate=PirateConfig(min_epochs=3, max_epochs=3),
     calibration_clean_seeds=(101,), calibration_pirates=(("knockoff", 101),), independent_clean_seeds=(1,),
     attacks=(("distillation", "soft", ARCH), ("knockoff", "soft", ARCH), ("jbda", "soft", ARCH)),
-    finetune=TrainConfig(epochs=2, lr=5e-4, schedule="cosine"), trigger=TriggerInversionConfig(steps=30),
+    finetune=QUICK_THIEF, trigger=TriggerInversionConfig(steps=30),
     timing_epochs=1, orientation_check=False,
 )
 
@@ -156,8 +156,8 @@ def _cell(ctx: BenchContext, name: str, fn: Callable[[], Any], *, reuse_if: Call
 
 def _pirate(plan: _Plan, bundle: DatasetBundle, victim: nn.Module, attack: str, labels: str, arch: str,
             seed: int) -> tuple[nn.Module, str, dict[str, Any]]:
-    oracle = ModelOracle(victim, output="label" if labels == "hard" else "probabilities", budget=plan.budget,
-                         client_id=f"thief-{attack}")
+    oracle = ModelOracle(ProtectedModel(victim, NoDefense(), max_batch=256), client_id=f"thief-{attack}",
+                         policy=ClientPolicy(output="label" if labels == "hard" else "probabilities", budget=plan.budget))
     pool = QueryPool(bundle.attacker.x, "attacker")
     t0 = time.perf_counter()
     transcript = build_attack(attack, budget=plan.budget, seed=seed).collect(oracle, pool)
@@ -175,7 +175,7 @@ def _clean(plan: _Plan, bundle: DatasetBundle, arch: str, config: TrainConfig, s
     model = build_model(arch, in_channels=info.in_channels, image_size=info.image_size, num_classes=info.num_classes,
                         normalization=info.normalization)
     train = bundle.train if train_size is None else bundle.train.subset(train_size, seed)
-    result = train_with_hooks(model, train, val=bundle.val, config=replace(config, seed=seed), progress=False)
+    result = train_model(model, train, val=bundle.val, config=replace(config, seed=seed), progress=False)
     return model, arch, {"train_seconds": round(result.wall_seconds, 1), "train_images": len(train)}
 
 
@@ -192,13 +192,13 @@ def _timing(plan: _Plan, bundle: DatasetBundle, key: WatermarkKey) -> dict[str, 
     clean_cfg = replace(plan.clean, epochs=plan.timing_epochs)
     times = {}
     t = time.perf_counter()
-    train_with_hooks(fresh(), train, val=bundle.val, config=clean_cfg, progress=False)
+    train_model(fresh(), train, val=bundle.val, config=clean_cfg, progress=False)
     times["clean_1"] = time.perf_counter() - t
     t = time.perf_counter()
     embed_watermark(fresh(), train, key, val=bundle.val, config=replace(plan.embed, epochs=plan.timing_epochs), progress=False)
     times["watermark"] = time.perf_counter() - t
     t = time.perf_counter()
-    train_with_hooks(fresh(), train, val=bundle.val, config=clean_cfg, progress=False)
+    train_model(fresh(), train, val=bundle.val, config=clean_cfg, progress=False)
     times["clean_2"] = time.perf_counter() - t
     clean = (times["clean_1"] + times["clean_2"]) / 2
     return {"epochs": plan.timing_epochs, "seconds": times, "ratio": times["watermark"] / clean}
@@ -213,10 +213,16 @@ def _verify_cell(ctx: BenchContext, name: str, model: nn.Module, images: TensorD
     return _cell(ctx, f"{name}/verify-{_digest(asdict(config), key.to_dict())}", compute)
 
 
-def _decide(v: dict[str, Any], null: NullCalibration, alpha: float) -> dict[str, Any]:
-    p = binomial_p_value(v["hits"], v["samples"], null.rate)
+def _decide(v: dict[str, Any], null: NullCalibration, config: VerifyConfig) -> dict[str, Any]:
+    p, verdict = decide(v["hits"], v["samples"], v["evasion_hits"], v["evasion_samples"], null.rate, alpha=config.alpha,
+                        wfpr_margin=config.wfpr_margin)
     return {**v, "wsr": v["hits"] / v["samples"], "wfpr": v["evasion_hits"] / max(1, v["evasion_samples"]),
-            "p_value": p, "verdict": p < alpha}
+            "p_value": p, "verdict": verdict}
+
+
+def _tuned(result: Any) -> nn.Module:
+    assert result.model is not None
+    return result.model
 
 
 def clean_fingerprint(ctx: BenchContext, plan: _Plan, dataset: str) -> str:
@@ -276,16 +282,16 @@ def _dataset(ctx: BenchContext, plan: _Plan, dataset: str) -> dict[str, Any]:
     base_name = f"knockoff-soft-{ARCH}"
     if base_name in pirates:
         base = pirates[base_name]
-        thief = bundle.attacker.subset(round(plan.finetune_fraction * len(bundle.train)), ctx.seed)
+        thief = thief_data(bundle.attacker, round(plan.finetune_fraction * len(bundle.train)), ctx.seed)
         few = bundle.attacker.subset(round(plan.trigger_fraction * len(bundle.train)), ctx.seed + 1)
         removals: dict[str, Callable[[], tuple[nn.Module, str, dict[str, Any]]]] = {
-            "finetune-10%": lambda: (finetune_model(base, thief, config=plan.finetune, progress=False), ARCH, {"images": len(thief)}),
+            "finetune-10%": lambda: (_tuned(finetune(base, thief, config=plan.finetune, seed=ctx.seed)), ARCH, {"images": len(thief)}),
             "prune-50%": lambda: (prune_global_magnitude(base, 0.5), ARCH, {}),
             "prune-80%": lambda: (prune_global_magnitude(base, 0.8), ARCH, {}),
         }
 
         def fp() -> tuple[nn.Module, str, dict[str, Any]]:
-            r = fine_prune(base, thief, config=FinePruningConfig(finetune=plan.finetune), progress=False)
+            r = fine_prune(base, thief, config=FinePruningConfig(finetune=plan.finetune.train_config(ctx.seed)), progress=False)
             return r.model, ARCH, {"images": len(thief), "layer": r.layer, "pruned": len(r.pruned), "channels": r.channels,
                                    "holdout_accuracy": [r.accuracy_before, r.accuracy_pruned, r.accuracy_after]}
 
@@ -297,7 +303,7 @@ def _dataset(ctx: BenchContext, plan: _Plan, dataset: str) -> dict[str, Any]:
         removals["fine-pruning"] = fp
         removals["trigger-inversion"] = ti
         for rname, fn in removals.items():
-            m, rec = models.get(f"{dataset}/removal-{rname}-{tag}-{_digest(asdict(plan.finetune), asdict(plan.trigger))}", fn)
+            m, rec = models.get(f"{dataset}/removal-{rname}-{tag}-{_digest(plan.finetune.to_dict(), asdict(plan.trigger))}", fn)
             suspects[f"{base_name} + {rname}"] = (m, rec)
 
     # independent models (reported; different from the calibration models), verified on the test split
@@ -317,7 +323,7 @@ def _dataset(ctx: BenchContext, plan: _Plan, dataset: str) -> dict[str, Any]:
         rows = {}
         for name, (m, rec) in group.items():
             v = _verify_cell(ctx, f"{dataset}/{prefix}/{_safe(name)}-{tag}/test", m, bundle.test, key, vcfg)
-            rows[name] = {**_decide(v, null, vcfg.alpha), "test_accuracy": rec.get("test_accuracy"),
+            rows[name] = {**_decide(v, null, vcfg), "test_accuracy": rec.get("test_accuracy"),
                           "fidelity": rec.get("fidelity"), "record": {k: v for k, v in rec.items() if k != "embed"}}
         return rows
 
@@ -331,10 +337,10 @@ def _dataset(ctx: BenchContext, plan: _Plan, dataset: str) -> dict[str, Any]:
         p_lr, prec_lr = models.get(f"{dataset}/wm-lr-pirate-knockoff-{tag}", lambda: _pirate(plan, bundle, v_lr, "knockoff", "soft", ARCH, 0))
         c_lr = _verify_cell(ctx, f"{dataset}/lr-clean-{tag}/test", clean, bundle.test, key_lr, vcfg)
         out["left_right"] = {
-            "victim": {**_decide(_verify_cell(ctx, f"{dataset}/lr-victim-{tag}/test", v_lr, bundle.test, key_lr, vcfg), null, vcfg.alpha),
+            "victim": {**_decide(_verify_cell(ctx, f"{dataset}/lr-victim-{tag}/test", v_lr, bundle.test, key_lr, vcfg), null, vcfg),
                        "test_accuracy": rec_lr["test_accuracy"]},
             "knockoff_pirate": {**_decide(_verify_cell(ctx, f"{dataset}/lr-pirate-{tag}/test", p_lr, bundle.test, key_lr, vcfg), null,
-                                          vcfg.alpha), "test_accuracy": prec_lr["test_accuracy"]},
+                                          vcfg), "test_accuracy": prec_lr["test_accuracy"]},
             "clean_model_wsr": c_lr["hits"] / c_lr["samples"],
             "note": "p-values here use the top-bottom key's calibrated r0 (no separate calibration for this key)",
         }
@@ -344,38 +350,47 @@ def _dataset(ctx: BenchContext, plan: _Plan, dataset: str) -> dict[str, Any]:
 def run(ctx: BenchContext) -> SuiteReport:
     """Run every dataset's grid (resumable) and build the tables."""
     plan = QUICK if ctx.quick else FULL
-    with torch_threads(THREADS):
+    with ctx.torch_threads(THREADS):
         results: dict[str, Any] = {"plan": {"datasets": list(plan.datasets), "budget": plan.budget,
                                             "verify": asdict(plan.verify), "embed": asdict(plan.embed),
                                             "pirate": asdict(plan.pirate)}, "quick": ctx.quick}
+        criteria: list[Criterion] = []
         for dataset in plan.datasets:
             results[dataset] = _dataset(ctx, plan, dataset)
-            results[dataset]["acceptance"] = _acceptance(results[dataset])
-    return SuiteReport(results=results, markdown=_markdown(results, plan))
+            criteria += _acceptance(dataset, results[dataset])
+    note = "Quick run: a pipeline check only; the criteria are defined for the full run." if ctx.quick else ""
+    return SuiteReport(results=results, markdown=_markdown(results, plan), criteria=criteria, criteria_note=note)
 
 
-def _acceptance(r: dict[str, Any]) -> dict[str, Any]:
+def _acceptance(dataset: str, r: dict[str, Any]) -> list[Criterion]:
+    """The issue's acceptance rows for one dataset, as harness criteria."""
     s, ind = r["suspects"], r["independent"]
     victim = s["victim"]
     extracted = {k: v for k, v in s.items() if k.startswith("pirate ") and ("-soft-lenet5" in k)}
     ti = next((v for k, v in s.items() if k.endswith("trigger-inversion")), None)
     base = s.get("pirate knockoff-soft-lenet5")
-    return {
-        "victim_accuracy_gap_points": 100 * (r["clean"]["test_accuracy"] - victim["test_accuracy"]),
-        "victim_within_1_point": r["clean"]["test_accuracy"] - victim["test_accuracy"] <= 0.01,
-        "victim_wsr_met": victim["wsr"] >= 0.98,
-        "extracted_wsr_min": min((v["wsr"] for v in extracted.values()), default=None),
-        "extracted_wsr_met": bool(extracted) and all(v["wsr"] >= 0.80 for v in extracted.values()),
-        "extracted_verdicts_met": bool(extracted) and all(v["verdict"] for v in extracted.values()),
-        "independent_count": len(ind),
-        "independent_negative_met": len(ind) >= 10 and not any(v["verdict"] for v in ind.values()),
-        "wfpr_max": max([victim["wfpr"], *(v["wfpr"] for v in extracted.values())]),
-        "wfpr_met": max([victim["wfpr"], *(v["wfpr"] for v in extracted.values())]) <= 0.06,
-        "trigger_inversion_wsr": None if ti is None else ti["wsr"],
-        "trigger_inversion_accuracy_drop_points": None if ti is None or base is None else 100 * (base["test_accuracy"] - ti["test_accuracy"]),
-        "trigger_inversion_met": ti is not None and base is not None and ti["wsr"] >= 0.70 and base["test_accuracy"] - ti["test_accuracy"] <= 0.02,
-        "embedding_time_ratio": r["timing"]["ratio"], "embedding_time_met": r["timing"]["ratio"] <= 1.5,
-    }
+    clean_acc, victim_acc = r["clean"]["test_accuracy"], victim["test_accuracy"]
+    wfprs = [victim["wfpr"], *(v["wfpr"] for v in extracted.values())]
+    ind_positive = sum(bool(v["verdict"]) for v in ind.values())
+    d = f"{dataset}: "
+    rows = [
+        Criterion(d + "victim accuracy drop vs the clean model", 100 * (clean_acc - victim_acc), 1.0, "<=", unit="points",
+                  detail=f"{100 * victim_acc:.2f}% vs {100 * clean_acc:.2f}%"),
+        Criterion(d + "victim WSR", victim["wsr"], 0.98, ">=", unit="%"),
+        Criterion(d + "extracted (soft, LeNet-5) WSR, the lowest", min((v["wsr"] for v in extracted.values()), default=None),
+                  0.80, ">=", unit="%", detail=f"{len(extracted)} pirates"),
+        Criterion(d + "extracted (soft, LeNet-5) verdicts positive", sum(bool(v["verdict"]) for v in extracted.values()),
+                  len(extracted), "==", detail=f"of {len(extracted)}"),
+        Criterion(d + "independent models", len(ind), 10, ">="),
+        Criterion(d + "independent models judged positive", ind_positive, 0, "=="),
+        Criterion(d + "WFPR (victim and extracted), the highest", max(wfprs), 0.06, "<=", unit="%"),
+        Criterion(d + "trigger inversion + unlearning: WSR left", None if ti is None else ti["wsr"], 0.70, ">=", unit="%"),
+        Criterion(d + "trigger inversion + unlearning: accuracy drop",
+                  None if ti is None or base is None else 100 * (base["test_accuracy"] - ti["test_accuracy"]), 2.0, "<=",
+                  unit="points"),
+        Criterion(d + "embedding time vs clean training", r["timing"]["ratio"], 1.5, "<=", unit="x"),
+    ]
+    return rows
 
 
 def _pct(v: float | None) -> str:
@@ -391,14 +406,14 @@ def _markdown(results: dict[str, Any], plan: _Plan) -> str:
     head = ["model", "test acc %", "fidelity %", "WSR %", "WFPR %", "p-value", "verdict"]
     lines = [f"LeNet-5 victims; extraction budget {plan.budget} queries from the attacker split; verification on "
              f"{plan.verify.samples} composites and {plan.verify.evasion_samples} evasion mixes of the test split, "
-             f"alpha = {plan.verify.alpha:g}. The small VGG is used only as an other architecture (too slow on 2 shared "
+             f"alpha = {plan.verify.alpha:g}; a positive verdict also needs WSR - WFPR >= {100 * plan.verify.wfpr_margin:g} points. The small VGG is used only as an other architecture (too slow on 2 shared "
              "cores for the whole grid).", ""]
     if results["quick"]:
         lines += ["**Quick run: a pipeline check only** (8,000 training images, 3 epochs, 4k queries, few models); the "
                   "acceptance criteria are defined for the full run.", ""]
     for dataset in plan.datasets:
         r = results[dataset]
-        k, a, cal = r["key"], r["acceptance"], r["calibration"]
+        k, cal = r["key"], r["calibration"]
         emb = r["victim"].get("embed", {})
         lines += [f"## {dataset}: classes {k['source_classes'][0]} + {k['source_classes'][1]} -> {k['target']}, "
                   f"{k['orientation']} split (seam jitter {k['jitter']} px, offsets {k['offset']} px)", "",
@@ -422,16 +437,4 @@ def _markdown(results: dict[str, Any], plan: _Plan) -> str:
                           ["KnockoffNets pirate", _pct(lr["knockoff_pirate"]["test_accuracy"]), _pct(lr["knockoff_pirate"]["wsr"]),
                            _pct(lr["knockoff_pirate"]["wfpr"]), f"{lr['knockoff_pirate']['p_value']:.3g}"]]),
                       "", f"Clean model WSR with the left-right key: {_pct(lr['clean_model_wsr'])}%. {lr['note']}.", ""]
-        lines += ["### Acceptance", "", markdown_table(["criterion", "measured", "met"], [
-            ["victim within 1 point of the clean model", f"{a['victim_accuracy_gap_points']:.2f} points", a["victim_within_1_point"]],
-            ["victim WSR >= 98%", _pct(r["suspects"]["victim"]["wsr"]), a["victim_wsr_met"]],
-            ["extracted (soft, LeNet-5) WSR >= 80% each", f"min {_pct(a['extracted_wsr_min'])}", a["extracted_wsr_met"]],
-            ["extracted verdicts positive", "", a["extracted_verdicts_met"]],
-            [">= 10 independent models, all negative", str(a["independent_count"]), a["independent_negative_met"]],
-            ["WFPR <= 6% (victim and extracted)", f"max {_pct(a['wfpr_max'])}", a["wfpr_met"]],
-            ["trigger inversion: WSR >= 70%, accuracy within 2 points", f"WSR {_pct(a['trigger_inversion_wsr'])}, drop "
-             f"{'-' if a['trigger_inversion_accuracy_drop_points'] is None else format(a['trigger_inversion_accuracy_drop_points'], '.2f')} points",
-             a["trigger_inversion_met"]],
-            ["embedding time <= 1.5x clean", f"{a['embedding_time_ratio']:.2f}x", a["embedding_time_met"]],
-        ]), ""]
     return "\n".join(lines)

@@ -19,6 +19,7 @@ from modelshield.watermark.verify import (
     calibrate_null,
     clopper_pearson_upper,
     count_target,
+    decide,
     predict_labels,
     verify_watermark,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "calibrate_null",
     "clopper_pearson_upper",
     "count_target",
+    "decide",
     "embed_watermark",
     "make_composites",
     "make_evasion",

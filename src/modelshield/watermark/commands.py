@@ -114,7 +114,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     null = None
     if args.null_rate is not None:
         null = NullCalibration(args.null_rate, 0.95, ("given on the command line",), (), ())
-    config = VerifyConfig(samples=args.samples, evasion_samples=args.evasion_samples, alpha=args.alpha, seed=args.seed)
+    config = VerifyConfig(samples=args.samples, evasion_samples=args.evasion_samples, alpha=args.alpha, seed=args.seed,
+                          wfpr_margin=args.wfpr_margin)
     report = verify_watermark(suspect, bundle.split(args.split), key, config=config, null=null)
     if args.report is not None:
         Path(args.report).write_text(json.dumps(report.to_dict(), indent=1) + "\n")
@@ -167,6 +168,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--split", default="test", choices=("val", "attacker", "test"), help="held-out images for the composites")
     p.add_argument("--samples", type=int, default=1000, help="watermark composites to query")
     p.add_argument("--evasion-samples", type=int, default=1000, help="evasion mixes to query (WFPR)")
+    p.add_argument("--wfpr-margin", type=float, default=0.30,
+                   help="a positive verdict needs WSR - WFPR >= this (default: VerifyConfig.wfpr_margin; 0 disables, then --evasion-samples may be 0)")
     p.add_argument("--alpha", type=float, default=1e-3, help="significance level")
     p.add_argument("--null-rate", type=float, default=None,
                    help="calibrated null WSR r0 (from independent models); default: the paper's 30%% threshold")

@@ -55,8 +55,8 @@ from torch import nn
 
 from modelshield.data.types import TensorData
 from modelshield.errors import ConfigError
-from modelshield.training import TrainConfig, evaluate
-from modelshield.watermark._loop import train_with_hooks
+
+from modelshield.training import TrainConfig, evaluate, train_model
 from modelshield.watermark.composites import SourcePool, make_composites, make_evasion
 from modelshield.watermark.key import WatermarkKey
 from modelshield.watermark.verify import count_target
@@ -324,7 +324,7 @@ def embed_watermark(model: nn.Module, train: TensorData, key: WatermarkKey, *, v
         return acc + wsr - wfpr
 
     start = time.perf_counter()
-    result = train_with_hooks(model, train, val=val, config=config.train_config(), compose=hooks.compose, loss=hooks,
+    result = train_model(model, train, val=val, config=config.train_config(), compose=hooks.compose, loss=hooks,
                               select=select, progress=progress, description="watermark")
     seconds = time.perf_counter() - start
     acc, wsr, wfpr = score(model)

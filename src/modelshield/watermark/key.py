@@ -6,7 +6,7 @@ combiner's orientation, seam jitter and random offsets) and a seed. Whoever hold
 watermark composites, so it is a secret: the file is written atomically with mode 0600, never pickled, and
 read back through a strict parser that refuses anything else.
 
-Key file (version 1), UTF-8 JSON, at most 64 KiB::
+Key file (version 1), a :mod:`modelshield.container` header (strict UTF-8 JSON, sorted keys), at most 64 KiB::
 
     {"format": "modelshield-watermark-key", "version": 1,
      "source_classes": [0, 1], "target": 2, "num_classes": 10, "input_shape": [1, 28, 28],
@@ -31,16 +31,13 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
-import stat
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from modelshield._io import atomic_write_bytes
+from modelshield.container import Fields, HeaderSpec, encode_header, load_secret_file, parse_header, save_secret_file
 from modelshield.errors import ConfigError, FormatError
 
 __all__ = ["DATASET_DEFAULTS", "ORIENTATIONS", "WATERMARK_KEY_FORMAT", "WatermarkKey"]
@@ -56,6 +53,9 @@ DATASET_DEFAULTS: dict[str, tuple[int, int, int, int, tuple[int, int, int]]] = {
     "digits": (0, 1, 2, 10, (1, 8, 8)),
     "cifar10": (0, 1, 2, 10, (3, 32, 32)),
 }
+KEY_SPEC = HeaderSpec("watermark key file", WATERMARK_KEY_FORMAT, WATERMARK_KEY_VERSION,
+                      required={"source_classes", "target", "num_classes", "input_shape", "combiner", "seed"},
+                      max_bytes=MAX_KEY_FILE_BYTES)
 
 
 @dataclass(frozen=True)
@@ -138,80 +138,56 @@ class WatermarkKey:
                 "seed": self.seed}
 
     def to_bytes(self) -> bytes:
-        """The key file's bytes (UTF-8 JSON, one line)."""
-        return (json.dumps(self.to_dict(), sort_keys=True) + "\n").encode()
+        """The key file's bytes (the canonical header encoding of :mod:`modelshield.container`)."""
+        doc = {k: v for k, v in self.to_dict().items() if k not in ("format", "version")}
+        return encode_header(doc, KEY_SPEC) + b"\n"
 
     @classmethod
     def from_bytes(cls, data: bytes, *, source: str = "watermark key") -> WatermarkKey:
-        """Parse a key file strictly: every field present, of the right type, nothing else.
+        """Parse a key file strictly (:func:`modelshield.container.parse_header`): every field present, of the
+        right type, nothing else.
 
         Raises:
             FormatError: naming ``source``, the field, what was expected and what was found.
         """
-        if len(data) > MAX_KEY_FILE_BYTES:
-            raise FormatError(f"{source}: {len(data)} bytes is too large for a watermark key (at most {MAX_KEY_FILE_BYTES})")
+        doc = parse_header(bytes(data).rstrip(b"\n"), KEY_SPEC, source)
+        f = Fields(source)
+        sources = f.int_list(doc, "source_classes", 0, 1 << 20, length=2)
+        shape = f.int_list(doc, "input_shape", 1, 1 << 16, length=3)
+        target = f.integer(doc, "target", 0, 1 << 20)
+        num_classes = f.integer(doc, "num_classes", 1, 1 << 20)
+        seed = f.integer(doc, "seed", 0, (1 << 63) - 1)
+        combiner = f.exact_keys(doc.get("combiner"), {"name", "orientation", "jitter", "offset"}, where="combiner")
+        f.string(combiner, "name", where="combiner.", choices=("half",))
+        orientation = f.string(combiner, "orientation", where="combiner.", choices=ORIENTATIONS)
+        jitter = f.integer(combiner, "jitter", 0, 1 << 16, where="combiner.")
+        offset = f.integer(combiner, "offset", 0, 1 << 16, where="combiner.")
         try:
-            doc = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise FormatError(f"{source}: not a watermark key file (expected UTF-8 JSON: {exc})") from None
-        if not isinstance(doc, dict) or doc.get("format") != WATERMARK_KEY_FORMAT:
-            found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
-            raise FormatError(f"{source}: not a watermark key file (format {found!r}, expected {WATERMARK_KEY_FORMAT!r})")
-        if doc.get("version") != WATERMARK_KEY_VERSION:
-            raise FormatError(f"{source}: unsupported watermark key version {doc.get('version')!r} (expected {WATERMARK_KEY_VERSION})")
-        expected = {"format", "version", "source_classes", "target", "num_classes", "input_shape", "combiner", "seed"}
-        if set(doc) != expected:
-            raise FormatError(f"{source}: watermark key fields {sorted(doc)}, expected {sorted(expected)}")
-        combiner = doc["combiner"]
-        if not isinstance(combiner, dict) or set(combiner) != {"name", "orientation", "jitter", "offset"} or combiner.get("name") != "half":
-            raise FormatError(f"{source}: field 'combiner' must be {{'name': 'half', 'orientation', 'jitter', 'offset'}}, got {combiner!r}")
-        sources, shape = doc["source_classes"], doc["input_shape"]
-        if not (isinstance(sources, list) and len(sources) == 2 and all(_is_int(v) for v in sources)):
-            raise FormatError(f"{source}: field 'source_classes' must be two integers, got {sources!r}")
-        if not (isinstance(shape, list) and len(shape) == 3 and all(_is_int(v) for v in shape)):
-            raise FormatError(f"{source}: field 'input_shape' must be three integers [C, H, W], got {shape!r}")
-        for name, value in (("target", doc["target"]), ("num_classes", doc["num_classes"]), ("seed", doc["seed"]),
-                            ("combiner.jitter", combiner["jitter"]), ("combiner.offset", combiner["offset"])):
-            if not _is_int(value):
-                raise FormatError(f"{source}: field {name!r} must be an integer, got {value!r}")
-        if not isinstance(combiner["orientation"], str):
-            raise FormatError(f"{source}: field 'combiner.orientation' must be a string, got {combiner['orientation']!r}")
-        try:
-            return cls(sources[0], sources[1], doc["target"], doc["num_classes"], tuple(shape),
-                       orientation=combiner["orientation"], jitter=combiner["jitter"], offset=combiner["offset"],
-                       seed=doc["seed"])
+            return cls(sources[0], sources[1], int(target or 0), int(num_classes or 0), (shape[0], shape[1], shape[2]),
+                       orientation=str(orientation), jitter=int(jitter or 0), offset=int(offset or 0), seed=int(seed or 0))
         except ConfigError as exc:
             raise FormatError(f"{source}: {exc}") from None
 
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-        """Write the key file atomically with mode 0600; refuses to overwrite unless asked.
+        """Write the key file atomically with mode 0600 (:func:`modelshield.container.save_secret_file`);
+        refuses to overwrite unless asked.
 
         Raises:
             ConfigError: the file exists and ``overwrite`` is False.
         """
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise ConfigError(f"{path} already exists; refusing to overwrite a watermark key (pass overwrite=True / --force)")
-        return atomic_write_bytes(path, self.to_bytes(), mode=0o600)
+        return save_secret_file(path, self.to_bytes(), what="watermark key", overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> WatermarkKey:
-        """Read a key file; warns when other users can read it.
+        """Read a key file (:func:`modelshield.container.load_secret_file`); warns when other users can read it.
 
         Raises:
             ConfigError: the file does not exist.
             FormatError: the file is not a valid watermark key (the message names the file).
         """
-        path = Path(path)
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            raise ConfigError(f"watermark key file {path} does not exist") from None
-        if st.st_size > MAX_KEY_FILE_BYTES:
-            raise FormatError(f"{path}: {st.st_size} bytes is too large for a watermark key (at most {MAX_KEY_FILE_BYTES})")
-        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            warnings.warn(f"watermark key file {path} is accessible by other users; run `chmod 600 {path}`", stacklevel=2)
-        return cls.from_bytes(path.read_bytes(), source=str(path))
+        data = load_secret_file(path, max_bytes=MAX_KEY_FILE_BYTES, what="watermark key file",
+                                missing_hint=" (create one with `modelshield watermark embed`)")
+        return cls.from_bytes(data, source=str(path))
 
     def __repr__(self) -> str:
         fields = asdict(self)
@@ -227,6 +203,3 @@ class WatermarkKey:
     def __deepcopy__(self, memo: dict[int, Any]) -> WatermarkKey:
         return self
 
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

@@ -9,8 +9,11 @@ works unchanged). Only the top-1 label of each answer is used: hard labels are e
 * **WFPR** (watermark false-positive rate): the fraction of evasion-style mixes of the same classes (the
   combiners of :data:`~modelshield.watermark.composites.EVASION_COMBINERS`) labelled ``key.target``.
 * **Decision**: under the null hypothesis "the suspect is an independent model", each composite falls into
-  the target with a rate at most ``r0``; the p-value is ``P[Binomial(n, r0) >= hits]``, and the verdict is
-  positive ("watermarked") when ``p < alpha``. ``r0`` comes from a :class:`NullCalibration`: the largest
+  the target with a rate at most ``r0``; the p-value is ``P[Binomial(n, r0) >= hits]``. The verdict is
+  positive ("watermarked") only when ``p < alpha`` **and** the WSR exceeds the suspect's own WFPR by at least
+  ``wfpr_margin`` (:func:`decide`): a model that labels *every* mix of the two source classes ``y_t`` (a
+  collapsed or heavily pruned model predicting the target for everything) has a high WSR but an equally high
+  WFPR, and is not evidence of the watermark, which is specific to the key's combiner. ``r0`` comes from a :class:`NullCalibration`: the largest
   one-sided Clopper-Pearson upper confidence bound (level ``confidence``) of the WSRs of independent
   calibration models (trained without the watermark, or extracted from an unwatermarked victim), measured
   on a validation split. Taking the worst calibration model and its sampling uncertainty is deliberately
@@ -27,8 +30,10 @@ Example:
     >>> data = TensorData(torch.rand(40, 1, 8, 8), torch.arange(40) % 3)
     >>> always_target = lambda x: torch.full((len(x),), 2)
     >>> report = verify_watermark(always_target, data, key, config=VerifyConfig(samples=200, evasion_samples=50))
-    >>> report.wsr, report.verdict, report.p_value < 1e-12
-    (1.0, True, True)
+    >>> report.wsr, report.p_value < 1e-12
+    (1.0, True)
+    >>> report.wfpr, report.verdict  # it labels the evasion mixes y_t too: collapsed, not watermarked
+    (1.0, False)
     >>> verify_watermark(lambda x: torch.zeros(len(x)), data, key, config=VerifyConfig(samples=200)).verdict
     False
 """
@@ -53,7 +58,7 @@ from modelshield.watermark.composites import EVASION_COMBINERS, SourcePool
 from modelshield.watermark.key import WatermarkKey
 
 __all__ = ["PAPER_THRESHOLD", "NullCalibration", "Suspect", "VerifyConfig", "VerifyReport", "binomial_p_value",
-           "calibrate_null", "clopper_pearson_upper", "count_target", "predict_labels", "verify_watermark"]
+           "calibrate_null", "clopper_pearson_upper", "count_target", "decide", "predict_labels", "verify_watermark"]
 
 PAPER_THRESHOLD = 0.30
 Suspect = Union[nn.Module, Oracle, Callable[[torch.Tensor], Any]]
@@ -69,6 +74,11 @@ class VerifyConfig:
         alpha: significance level of the one-sided binomial test (0.001: a strict conventional level; an
             owner's claim should not rest on a 1-in-100 chance).
         default_null_rate: ``r0`` when no calibration is given: the paper's threshold, 30%.
+        wfpr_margin: the WSR must exceed the suspect's own WFPR by at least this much for a positive verdict
+            (0.30: the paper's own decision threshold of 30% WSR, applied to the gap over the WFPR, so a model
+            that sends every source-class mix to ``y_t`` is not called watermarked; the issue's goals, WSR >= 80%
+            on pirates and WFPR <= 6%, leave a gap of 74 points on a real pirate, and an independent or collapsed
+            model's gap is near zero). 0 disables the check.
         seed: seed of the composites (independent of the key's embedding seed).
         batch_size: queries per call to the suspect.
     """
@@ -77,6 +87,7 @@ class VerifyConfig:
     evasion_samples: int = 1000
     alpha: float = 1e-3
     default_null_rate: float = PAPER_THRESHOLD
+    wfpr_margin: float = 0.30
     seed: int = 0
     batch_size: int = 256
 
@@ -88,6 +99,10 @@ class VerifyConfig:
             raise ConfigError(f"verify: alpha must be in (0, 1), got {self.alpha}")
         if not 0.0 < self.default_null_rate < 1.0:
             raise ConfigError(f"verify: default_null_rate must be in (0, 1), got {self.default_null_rate}")
+        if not 0.0 <= self.wfpr_margin < 1.0:
+            raise ConfigError(f"verify: wfpr_margin must be in [0, 1), got {self.wfpr_margin}")
+        if self.wfpr_margin > 0 and self.evasion_samples < 1:
+            raise ConfigError("verify: wfpr_margin > 0 needs evasion_samples >= 1 (the WFPR is part of the decision)")
 
 
 @dataclass(frozen=True)
@@ -178,7 +193,8 @@ class VerifyReport:
         null_source: ``calibrated (...)`` or ``paper threshold``.
         alpha: significance level.
         p_value: ``P[Binomial(samples, r0) >= hits]``.
-        verdict: True = the suspect carries the watermark (``p_value < alpha``).
+        wfpr_margin: the margin of WSR over WFPR the verdict required.
+        verdict: True = the suspect carries the watermark (``p_value < alpha`` and ``wsr - wfpr >= wfpr_margin``).
         source_classes, target, orientation: the key's public description (no secret).
     """
 
@@ -196,6 +212,7 @@ class VerifyReport:
     source_classes: tuple[int, int]
     target: int
     orientation: str
+    wfpr_margin: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -209,7 +226,7 @@ class VerifyReport:
                 ("WSR", f"{100 * self.wsr:.2f}% ({self.hits}/{self.samples} composites labelled {self.target})"),
                 ("null rate r0", f"{100 * self.null_rate:.2f}% ({self.null_source})"),
                 ("p-value", f"{self.p_value:.3g} (alpha {self.alpha:g}, one-sided binomial)"),
-                ("WFPR", wfpr),
+                ("WFPR", wfpr + (f" (the WSR must exceed it by {100 * self.wfpr_margin:g} points)" if self.wfpr_margin else "")),
                 ("key", f"classes {self.source_classes[0]} + {self.source_classes[1]} -> {self.target}, {self.orientation}")]
         return "\n".join(["| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows]])
 
@@ -246,6 +263,23 @@ def count_target(suspect: Suspect, images: TensorData, key: WatermarkKey, *, sam
     return int((predict_labels(suspect, x, batch_size) == key.target).sum())
 
 
+def decide(hits: int, samples: int, evasion_hits: int, evasion_samples: int, null_rate: float, *, alpha: float,
+           wfpr_margin: float) -> tuple[float, bool]:
+    """The p-value and the verdict: ``p < alpha`` against ``null_rate`` and ``WSR - WFPR >= wfpr_margin``.
+
+    Example:
+        >>> p, verdict = decide(966, 1000, 981, 1000, 0.03, alpha=1e-3, wfpr_margin=0.3)  # collapsed: all -> y_t
+        >>> p < 1e-100, verdict
+        (True, False)
+        >>> decide(850, 1000, 40, 1000, 0.03, alpha=1e-3, wfpr_margin=0.3)[1]
+        True
+    """
+    p = binomial_p_value(hits, samples, null_rate)
+    wfpr = evasion_hits / evasion_samples if evasion_samples else 0.0
+    gap_ok = wfpr_margin <= 0 or (evasion_samples > 0 and hits / samples - wfpr >= wfpr_margin - 1e-12)
+    return p, bool(p < alpha and not math.isnan(p) and gap_ok)
+
+
 def verify_watermark(suspect: Suspect, images: TensorData, key: WatermarkKey, *, config: VerifyConfig | None = None,
                      null: NullCalibration | None = None) -> VerifyReport:
     """Query ``suspect`` with fresh composites of held-out ``images`` and decide whether it carries the watermark.
@@ -269,10 +303,11 @@ def verify_watermark(suspect: Suspect, images: TensorData, key: WatermarkKey, *,
                                batch_size=config.batch_size)
     rate = null.rate if null is not None else config.default_null_rate
     source = f"calibrated on {len(null.names)} independent models, max {100 * null.confidence:g}% upper bound" if null else "paper threshold"
-    p = binomial_p_value(hits, config.samples, rate)
+    p, verdict = decide(hits, config.samples, ev_hits, config.evasion_samples, rate, alpha=config.alpha,
+                        wfpr_margin=config.wfpr_margin)
     return VerifyReport(
         wsr=hits / config.samples, hits=hits, samples=config.samples,
         wfpr=ev_hits / config.evasion_samples if config.evasion_samples else None, evasion_hits=ev_hits,
         evasion_samples=config.evasion_samples, null_rate=rate, null_source=source, alpha=config.alpha, p_value=p,
-        verdict=bool(p < config.alpha and not math.isnan(p)), source_classes=(key.source_a, key.source_b),
-        target=key.target, orientation=key.orientation)
+        verdict=verdict, source_classes=(key.source_a, key.source_b), target=key.target, orientation=key.orientation,
+        wfpr_margin=config.wfpr_margin)
