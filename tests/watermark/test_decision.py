@@ -6,7 +6,7 @@ import pytest
 from scipy import stats
 
 from modelshield.errors import ConfigError
-from modelshield.watermark import VerifyConfig, binomial_p_value, calibrate_null, clopper_pearson_upper
+from modelshield.watermark import VerifyConfig, binomial_p_value, calibrate_null, clopper_pearson_upper, decide
 
 
 def test_p_value_is_the_binomial_tail() -> None:
@@ -36,3 +36,38 @@ def test_config_validation() -> None:
         VerifyConfig(alpha=0.0)
     with pytest.raises(ConfigError, match="samples"):
         VerifyConfig(samples=0)
+
+
+def test_a_collapsed_model_is_negative() -> None:
+    # the prior report's case: an 80%-pruned pirate predicting the target for everything (WSR 96.6%, WFPR 98.1%)
+    p, verdict = decide(966, 1000, 981, 1000, 0.03, alpha=1e-3, wfpr_margin=VerifyConfig().wfpr_margin)
+    assert p < 1e-100 and verdict is False
+    # the same WSR with a low WFPR is positive; without the margin the collapsed model would be too
+    assert decide(966, 1000, 30, 1000, 0.03, alpha=1e-3, wfpr_margin=0.3)[1] is True
+    assert decide(966, 1000, 981, 1000, 0.03, alpha=1e-3, wfpr_margin=0.0)[1] is True
+    # the gap must reach the margin; significance against r0 is still required
+    assert decide(500, 1000, 210, 1000, 0.03, alpha=1e-3, wfpr_margin=0.3)[1] is False
+    assert decide(500, 1000, 200, 1000, 0.03, alpha=1e-3, wfpr_margin=0.3)[1] is True
+    assert decide(40, 1000, 0, 1000, 0.03, alpha=1e-3, wfpr_margin=0.0)[1] is False
+
+
+def test_a_model_predicting_the_target_for_everything_is_not_watermarked() -> None:
+    import torch
+
+    from modelshield.data import TensorData
+    from modelshield.watermark import WatermarkKey, verify_watermark
+
+    key = WatermarkKey(0, 1, 2, 3, (1, 8, 8), jitter=1, offset=0, seed=0)
+    data = TensorData(torch.rand(60, 1, 8, 8), torch.arange(60) % 3)
+    report = verify_watermark(lambda x: torch.full((len(x),), 2), data, key,
+                              config=VerifyConfig(samples=300, evasion_samples=300))
+    assert report.wsr == 1.0 and report.wfpr == 1.0 and report.p_value < 1e-12 and not report.verdict
+    assert "WSR must exceed it by 30 points" in report.to_markdown()
+
+
+def test_margin_needs_evasion_samples() -> None:
+    with pytest.raises(ConfigError, match="wfpr_margin > 0 needs evasion_samples"):
+        VerifyConfig(evasion_samples=0)
+    assert VerifyConfig(evasion_samples=0, wfpr_margin=0.0).wfpr_margin == 0.0
+    with pytest.raises(ConfigError, match="wfpr_margin"):
+        VerifyConfig(wfpr_margin=1.0)

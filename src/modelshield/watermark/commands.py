@@ -48,18 +48,21 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         else:
             key = WatermarkKey.for_dataset(dataset, orientation=args.orientation)
     model = checkpoint.model
+    reference = None  # fine-tuning: the given model's own validation accuracy
     if args.from_scratch:
+        reference = evaluate(model, bundle.val).accuracy  # stay within the tolerance of the given (clean) model
         seed_everything(args.seed)
         meta = checkpoint.meta
         model = build_model(meta.architecture, normalization=meta.normalization, **meta.arch_args)
-        config = WatermarkConfig(seed=args.seed)
+        config = WatermarkConfig.from_scratch(seed=args.seed)
     else:
-        config = WatermarkConfig.for_finetuning(seed=args.seed)
+        config = WatermarkConfig(seed=args.seed)
     if args.epochs is not None:
         config = replace(config, epochs=args.epochs)
     if args.lr is not None:
         config = replace(config, lr=args.lr)
-    result = embed_watermark(model, bundle.train, key, val=bundle.val, config=config, progress=not args.quiet)
+    result = embed_watermark(model, bundle.train, key, val=bundle.val, config=config, reference_accuracy=reference,
+                             progress=not args.quiet)
     accuracy = evaluate(model, bundle.test).accuracy
     extra = dict(checkpoint.meta.extra)
     extra["watermark"] = {"method": "mea-defender", "config": asdict(config),
@@ -148,8 +151,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="source classes and target (default: the dataset's, e.g. 0 1 2)")
     p.add_argument("--orientation", choices=("top-bottom", "left-right"), default="top-bottom", help="half-split orientation")
     p.add_argument("--from-scratch", action="store_true", help="retrain the architecture from scratch with the watermark")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default: 12 from scratch, 4 fine-tuning)")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default: 1e-3 from scratch, 3e-4 fine-tuning)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default: WatermarkConfig's, or from_scratch()'s)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: WatermarkConfig's, or from_scratch()'s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="overwrite --out and --key-out")
     add_output_args(p)
