@@ -1,4 +1,4 @@
-"""``modelshield attack extract``: run an extraction attack against a checkpoint behind a defense."""
+"""``modelshield attack extract``: an extraction attack against a checkpoint behind a defense."""
 
 from __future__ import annotations
 
@@ -8,15 +8,28 @@ from dataclasses import asdict
 from pathlib import Path
 
 from modelshield._io import atomic_write_bytes
+from modelshield.attacks.extraction import POOL_KINDS, PirateConfig, build_attack, query_pool
+from modelshield.attacks.extraction.run import ATTACK_NAMES
+from modelshield.cli._common import (
+    Subparsers,
+    add_command,
+    add_config_option,
+    add_data_args,
+    add_output_args,
+    emit,
+    load_checkpoint_and_data,
+    subcommand_group,
+)
+from modelshield.cli.defense import add_defense_args, defense_from_args
+from modelshield.defense.baselines import GaussianNoiseDefense
+from modelshield.defense.queen import QueenConfig
 from modelshield.errors import ConfigError
 
 __all__ = ["register"]
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
-    from modelshield.attacks.extraction import PirateConfig, build_attack, query_pool, run_extraction
-    from modelshield.cli import emit, load_checkpoint_and_data
-    from modelshield.defense.cli import defense_from_args
+    from modelshield.attacks.extraction import run_extraction
     from modelshield.oracle import ModelOracle
     from modelshield.training import seed_everything
 
@@ -31,7 +44,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     attack = build_attack(args.attack, budget=args.budget, seed=args.seed)
     pirate = PirateConfig(architecture=args.pirate_arch, epochs=args.pirate_epochs, seed=args.seed)
     result = run_extraction(attack, oracle, pool, bundle.test, victim=checkpoint.model, pirate=pirate, progress=not args.quiet)
-    summary = {**asdict(result), "defense": defense.describe(), "checkpoint": str(args.checkpoint),  # type: ignore[attr-defined]
+    summary = {**asdict(result), "defense": defense.describe(), "checkpoint": str(args.checkpoint),
                "dataset": dataset, "victim_accuracy": checkpoint.meta.accuracy, "seed": args.seed}
     if args.out is not None:
         atomic_write_bytes(args.out, (json.dumps(summary, indent=1) + "\n").encode())
@@ -47,31 +60,28 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: Subparsers) -> None:
     """Add ``attack extract``."""
-    from modelshield.attacks.extraction.run import ATTACK_NAMES
-    from modelshield.cli import _Formatter, add_data_args, add_output_args
-    from modelshield.defense.cli import add_defense_args, subcommand_group
-
-    group = subcommand_group(sub, "attack", "attacks that measure the protections")
-    p = group.add_parser("extract", help="model extraction (KnockoffNets, JBDA) against a checkpoint behind a defense",
-                         formatter_class=_Formatter,
-                         epilog="examples:\n  modelshield attack extract lenet.safetensors --data-root ../shared/datasets --budget 5000\n"
-                                "  modelshield attack extract lenet.safetensors --defense queen --queen queen.safetensors "
-                                "--attack jbda-tr --labels hard --pool surrogate --out result.json")
+    group = subcommand_group(sub, "attack", "attacks that measure the protections", examples=[
+        "modelshield attack extract lenet.safetensors --data-root ../shared/datasets --budget 5000"])
+    p = add_command(group, "extract", help="model extraction (KnockoffNets, JBDA) against a checkpoint behind a defense",
+                    examples=["modelshield attack extract lenet.safetensors --data-root ../shared/datasets --budget 5000",
+                              "modelshield attack extract lenet.safetensors --defense queen --queen queen.safetensors "
+                              "--attack jbda-tr --labels hard --pool surrogate --out result.json"])
     p.add_argument("checkpoint", type=Path, help="the victim's checkpoint")
     add_data_args(p, dataset_default=None)
     p.add_argument("--attack", default="knockoff", help=", ".join(ATTACK_NAMES))
     p.add_argument("--labels", default="soft", choices=("soft", "hard"), help="soft: probability answers; hard: top-1 only")
     p.add_argument("--budget", type=int, default=5000, help="queries")
-    p.add_argument("--pool", default="attacker", choices=("attacker", "surrogate"),
+    p.add_argument("--pool", default="attacker", choices=POOL_KINDS,
                    help="attacker: the victim dataset's attacker split; surrogate: another dataset")
-    p.add_argument("--surrogate", default=None, help="surrogate dataset (default: mnist <-> fashion-mnist)")
-    p.add_argument("--pirate-arch", default="lenet5", help="pirate architecture (lenet5, vgg, resnet20)")
-    p.add_argument("--pirate-epochs", type=int, default=None, help="default: automatic")
+    add_config_option(p, query_pool, "surrogate", help="surrogate dataset (default: mnist <-> fashion-mnist)")
+    add_config_option(p, PirateConfig, "architecture", "--pirate-arch", help="pirate architecture (lenet5, vgg, resnet20)")
+    add_config_option(p, PirateConfig, "epochs", "--pirate-epochs", help="pirate training epochs (default: automatic)")
     p.add_argument("--client-id", default="attacker", help="client id the attacker queries as")
     add_defense_args(p)
-    p.add_argument("--seed", type=int, default=0)
+    add_config_option(p, PirateConfig, "seed", also=[(build_attack, "seed"), (QueenConfig, "seed"), (GaussianNoiseDefense, "seed")],
+                      help="seed of the attack, the pirate and the defense")
     p.add_argument("--out", type=Path, default=None, help="write the result JSON here")
     add_output_args(p)
     p.set_defaults(handler=_cmd_extract)
