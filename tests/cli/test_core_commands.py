@@ -115,3 +115,17 @@ def test_help_everywhere_has_examples() -> None:
     for command in commands:
         text = subprocess.run([sys.executable, "-m", "modelshield", command, "--help"], capture_output=True, text=True, check=True).stdout
         assert "example" in text, command
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["train", "--epochs", "ten", "--out", "m"], ["--epochs", "invalid int value: 'ten'"]),
+    (["lock", "m.safetensors", "--out", "x", "--rounds"], ["--rounds", "expected one argument"]),
+    (["evaluate", "m.safetensors", "--split", "tset"], ["invalid choice: 'tset'"]),
+    (["trian"], ["invalid choice: 'trian'"]),
+    (["auth", "embed", "m.safetensors", "--key-out", "k"], ["required", "--out"]),
+])
+def test_usage_errors_are_one_line_with_exit_code_2(capsys, argv, words) -> None:
+    code, out, err = _run(capsys, *argv)
+    line = _one_line_error(err)
+    assert code == 2 and out == "" and all(word in line for word in words), line
+    assert "--help" in line

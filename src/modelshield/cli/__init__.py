@@ -60,7 +60,10 @@ def build_parser() -> ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``modelshield`` console script; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help / --version (0), or a usage error already printed as one line (2)
+        return exc.code if isinstance(exc.code, int) else 2
     warnings.showwarning = one_line_warning
     try:
         return int(args.handler(args) or 0)
