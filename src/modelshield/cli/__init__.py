@@ -13,6 +13,10 @@ Adding a feature's commands (e.g. ``modelshield watermark embed``):
    :data:`._common.CLI_ONLY_OPTIONS`; handlers call the library, print with :func:`._common.emit`, return 0;
 2. add ``"watermark"`` to :data:`COMMANDS`.
 
+A feature module may use another's public helpers where the features meet: ``evaluate`` takes locked files
+through :mod:`.lock`, and ``attack extract`` serves its victim behind the options of :mod:`.defense`
+(:func:`.defense.add_defense_args`, which a serving command can reuse).
+
 The method packages (``lock``, ``auth``, ``defense``, ...) contain no argparse and never import this
 package (an import-linter contract in ``pyproject.toml`` enforces the layers). Every user error
 (:class:`~modelshield.errors.ModelShieldError`) is printed as one line, ``error: ...``, and the process exits

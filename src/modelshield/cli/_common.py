@@ -33,9 +33,13 @@ import types
 import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from modelshield.errors import ConfigError
+
+if TYPE_CHECKING:
+    from modelshield.data import DatasetBundle
+    from modelshield.models import Checkpoint
 
 __all__ = [
     "CLI_ONLY_OPTIONS",
@@ -52,6 +56,7 @@ __all__ = [
     "emit",
     "load_checkpoint_and_data",
     "load_key",
+    "one_line_warning",
     "refuse_overwrite",
     "subcommand_group",
 ]
@@ -319,7 +324,7 @@ def check_input_shape(expected: Sequence[int], got: Sequence[int], model_source:
                           f"`modelshield train --dataset {dataset}`")
 
 
-def load_checkpoint_and_data(args: argparse.Namespace) -> tuple[Any, Any, str]:
+def load_checkpoint_and_data(args: argparse.Namespace) -> tuple[Checkpoint, DatasetBundle, str]:
     """``(checkpoint, bundle, dataset)`` for ``args.checkpoint`` and ``args.dataset`` (default: the checkpoint's own).
 
     Raises:
