@@ -26,6 +26,7 @@ import hashlib
 import json
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -36,15 +37,14 @@ from modelshield.bench.harness import BenchContext, SuiteReport, markdown_table
 from modelshield.bench.train_suite import victim as train_victim
 from modelshield.data import DatasetBundle
 from modelshield.defense import (
+    ClientPolicy,
     Defense,
-    InMemoryStateStore,
     NoDefense,
     ProtectedModel,
     QueenArtifacts,
     QueenConfig,
     QueenDefense,
     QueenFitConfig,
-    SQLiteStateStore,
     benign_report,
     build_defense,
     fit_queen,
@@ -53,6 +53,7 @@ from modelshield.defense import (
 from modelshield.errors import FormatError
 from modelshield.models.checkpoint import state_dict_fingerprint
 from modelshield.oracle import ModelOracle
+from modelshield.state import InMemoryStateStore, SQLiteStateStore
 from modelshield.training import torch_threads
 
 __all__ = ["QUEEN_FIT", "QUEEN_ONLINE", "run"]
@@ -120,7 +121,8 @@ def _collect(ctx: BenchContext, attack: str, model: torch.nn.Module, defense: De
              budget: int) -> tuple[Transcript, torch.Tensor]:
     pool = query_pool(DATASET, pool_name, ctx.data_root)
     recorder = _Recording(defense)
-    oracle = ModelOracle(model, recorder, client_id=f"attacker-{attack}-{pool_name}", budget=budget)
+    oracle = ModelOracle(ProtectedModel(model, recorder), client_id=f"attacker-{attack}-{pool_name}",
+                         policy=ClientPolicy(budget=budget))
     transcript = build_attack(attack, budget=budget, seed=ctx.seed).collect(oracle, pool)
     return transcript, torch.cat(recorder.flags)
 
@@ -133,8 +135,11 @@ def _pirate_cell(ctx: BenchContext, transcript: Transcript, reversed_flags: torc
                  bundle: DatasetBundle, model: torch.nn.Module) -> dict[str, Any]:
     pirate = PIRATE_QUICK if ctx.quick else PIRATE
     key = f"pirate-{transcript.digest()}-{hashlib.sha256(json.dumps(asdict(pirate)).encode()).hexdigest()[:8]}"
-    trained = ctx.cell(key, lambda: dict(zip(("accuracy", "fidelity", "train_seconds"),
-                                             score_transcript(transcript, bundle.test, victim=model, pirate=pirate))))
+    def train() -> dict[str, Any]:
+        score = score_transcript(transcript, bundle.test, victim=model, pirate=pirate)
+        return {"accuracy": score.accuracy, "fidelity": score.fidelity, "train_seconds": score.train_seconds}
+
+    trained = ctx.cell(key, train)
     n = len(transcript)
     return {**trained, "queries": n, "reversed_fraction": float(reversed_flags[:n].float().mean()),
             "wrong_label_fraction": float((transcript.answers.argmax(1) != truth[:n].argmax(1)).float().mean()),
@@ -227,9 +232,13 @@ def _run(ctx: BenchContext) -> SuiteReport:
     benign = {}
     for defense_name in DEFENSES:
         def benign_cell(defense_name: str = defense_name) -> dict[str, Any]:
-            per = benign_report(model, _defense(defense_name, model, art, ctx.seed), bundle.test, queries_per_client=BENIGN_QUERIES)
-            mid = benign_report(model, _defense(defense_name, model, art, ctx.seed), bundle.test, queries_per_client=1000)
-            one = benign_report(model, _defense(defense_name, model, art, ctx.seed), bundle.test)
+            def clients() -> Callable[[str], ModelOracle]:  # fresh clients of one protected model (shared state)
+                protected = ProtectedModel(model, _defense(defense_name, model, art, ctx.seed), max_batch=256)
+                return lambda client: ModelOracle(protected, client_id=client, batch_size=256)
+
+            per = benign_report(clients(), bundle.test, model=model, queries_per_client=BENIGN_QUERIES)
+            mid = benign_report(clients(), bundle.test, model=model, queries_per_client=1000)
+            one = benign_report(clients(), bundle.test, model=model)
             return {"per_client": asdict(per), "clients_of_1000": asdict(mid), "single_client": asdict(one)}
         benign[defense_name] = ctx.cell(f"benign/{defense_name}/{BENIGN_QUERIES}/{_settings_key(defense_name)}", benign_cell)
     overhead = _overhead(model, art, bundle.test.x, bundle.val.x[:3000], ctx)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 from modelshield._io import atomic_write_bytes
@@ -21,6 +20,7 @@ from modelshield.cli._common import (
     subcommand_group,
 )
 from modelshield.cli.defense import add_defense_args, defense_from_args
+from modelshield.defense import ClientPolicy, ProtectedModel
 from modelshield.defense.baselines import GaussianNoiseDefense
 from modelshield.defense.queen import QueenConfig
 from modelshield.errors import ConfigError
@@ -38,13 +38,13 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     checkpoint, bundle, dataset = load_checkpoint_and_data(args)
     pool = query_pool(dataset, args.pool, args.data_root, surrogate=args.surrogate)
     defense = defense_from_args(args, checkpoint.model)
-    oracle = ModelOracle(checkpoint.model, defense, client_id=args.client_id, budget=args.budget,  # type: ignore[arg-type]
-                         output="label" if args.labels == "hard" else "probabilities")
+    policy = ClientPolicy(output="label" if args.labels == "hard" else "probabilities", budget=args.budget)
+    oracle = ModelOracle(ProtectedModel(checkpoint.model, defense), client_id=args.client_id, policy=policy)
     seed_everything(args.seed)
     attack = build_attack(args.attack, budget=args.budget, seed=args.seed)
     pirate = PirateConfig(architecture=args.pirate_arch, epochs=args.pirate_epochs, seed=args.seed)
     result = run_extraction(attack, oracle, pool, bundle.test, victim=checkpoint.model, pirate=pirate, progress=not args.quiet)
-    summary = {**asdict(result), "defense": defense.describe(), "checkpoint": str(args.checkpoint),
+    summary = {**result.summary(), "defense": defense.describe(), "checkpoint": str(args.checkpoint),
                "dataset": dataset, "victim_accuracy": checkpoint.meta.accuracy, "seed": args.seed}
     if args.out is not None:
         atomic_write_bytes(args.out, (json.dumps(summary, indent=1) + "\n").encode())

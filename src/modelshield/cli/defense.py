@@ -61,7 +61,7 @@ def defense_from_args(args: argparse.Namespace, model: object) -> Defense:
     name = canonical_defense_name(args.defense)
     if name == "queen":
         from modelshield.defense.queen_artifacts import load_queen_artifacts
-        from modelshield.defense.store import SQLiteStateStore
+        from modelshield.state import SQLiteStateStore
 
         if args.queen is None:
             raise ConfigError("--defense queen needs --queen FILE (write it with `modelshield defense fit`)")

@@ -19,8 +19,8 @@ from modelshield.defense.base import Defense
 from modelshield.defense.baselines import GaussianNoiseDefense, NoDefense, ReverseSigmoidDefense, RoundingDefense, TopOneDefense
 from modelshield.defense.queen import QueenConfig, QueenDefense
 from modelshield.defense.queen_artifacts import QueenArtifacts
-from modelshield.defense.store import ClientStateStore
 from modelshield.errors import ConfigError, did_you_mean
+from modelshield.state import StateStore
 
 __all__ = ["DEFENSE_NAMES", "build_defense", "canonical_defense_name"]
 
@@ -42,7 +42,7 @@ def canonical_defense_name(name: str) -> str:
 
 
 def build_defense(name: str, *, model: nn.Module | None = None, artifacts: QueenArtifacts | None = None,
-                  queen: QueenConfig | None = None, store: ClientStateStore | None = None, **settings: Any) -> Defense:
+                  queen: QueenConfig | None = None, store: StateStore | None = None, **settings: Any) -> Defense:
     """A defense by name.
 
     Args:
