@@ -26,8 +26,9 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,7 +44,7 @@ __all__ = ["EvalResult", "TrainConfig", "TrainResult", "evaluate", "make_progres
            "seed_everything", "train_model"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("none", "cosine", "step")
+SCHEDULES = ("none", "cosine", "step", "multistep")
 AUGMENTS = ("none", "shift", "shift-flip")
 
 
@@ -72,9 +73,15 @@ class TrainConfig:
         batch_size: global batch size (split across ranks under DDP).
         lr: learning rate.
         optimizer: ``adam``, ``adamw`` or ``sgd`` (with ``momentum``, Nesterov).
+        momentum: SGD momentum (Nesterov when > 0).
         weight_decay: L2 penalty / decoupled decay.
-        schedule: ``cosine`` (to zero over the run), ``step`` (x ``gamma`` every ``step_size`` epochs) or ``none``.
-        patience: stop after this many epochs without a better validation accuracy (needs ``val``); None = never.
+        schedule: ``cosine`` (to zero over the run), ``step`` (x ``gamma`` every ``step_size`` epochs),
+            ``multistep`` (x ``gamma`` after each of the ``milestones`` fractions of the run's steps) or ``none``.
+        step_size: epochs between decays of the ``step`` schedule.
+        gamma: decay factor of the ``step`` and ``multistep`` schedules.
+        milestones: fractions of the run, in (0, 1), after which ``multistep`` decays the learning rate.
+        patience: stop after this many epochs without a better selection score (needs ``val`` or a ``select``
+            hook of :func:`train_model`); None = never.
         augment: ``none``, ``shift`` (random translation up to 2 px) or ``shift-flip`` (plus horizontal flips).
         label_smoothing: cross-entropy label smoothing.
         seed: seeds initial shuffling and augmentation (the model's initialisation is the caller's).
@@ -90,6 +97,7 @@ class TrainConfig:
     schedule: str = "cosine"
     step_size: int = 10
     gamma: float = 0.1
+    milestones: tuple[float, ...] = (0.5, 0.75)
     patience: int | None = None
     augment: str = "none"
     label_smoothing: float = 0.0
@@ -111,6 +119,8 @@ class TrainConfig:
             raise ConfigError(f"augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}")
         if self.patience is not None and self.patience < 1:
             raise ConfigError(f"patience must be >= 1 or None, got {self.patience}")
+        if any(not 0 < f < 1 for f in self.milestones):
+            raise ConfigError(f"milestones are fractions of the run in (0, 1), got {self.milestones}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
@@ -138,11 +148,14 @@ class TrainResult:
 
     Attributes:
         epochs_run: epochs completed (fewer than asked when early stopping fired).
-        best_epoch: epoch (1-based) whose weights were kept (the best on validation, else the last).
+        best_epoch: epoch (1-based) whose weights were kept (the best selection score, else the last).
         val_accuracy: validation accuracy of the kept weights (None without a validation split).
-        history: per-epoch dicts with ``epoch``, ``loss``, ``val_accuracy`` and ``seconds``.
+        history: per-epoch dicts with ``epoch``, ``loss``, ``seconds`` and the selection score (``val_accuracy``
+            for the default selection, ``score`` for a ``select`` hook).
         wall_seconds: total wall time.
         world_size: number of DDP processes (1 when not distributed).
+        scores: the selection score after each epoch (empty without selection).
+        best_score: the kept epoch's score (None without selection).
     """
 
     epochs_run: int
@@ -151,6 +164,8 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     wall_seconds: float = 0.0
     world_size: int = 1
+    scores: list[float] = field(default_factory=list)
+    best_score: float | None = None
 
 
 @torch.no_grad()
@@ -220,6 +235,10 @@ def _scheduler(opt: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch:
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs * steps_per_epoch)
     if config.schedule == "step":
         return torch.optim.lr_scheduler.StepLR(opt, step_size=config.step_size * steps_per_epoch, gamma=config.gamma)
+    if config.schedule == "multistep":
+        total = config.epochs * steps_per_epoch
+        milestones = sorted({max(1, round(f * total)) for f in config.milestones})
+        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=config.gamma)
     return None
 
 
@@ -230,98 +249,192 @@ def _batches(n: int, batch_size: int, rank: int, world: int, gen: torch.Generato
         yield index[rank::world]
 
 
+def _default_loss(label_smoothing: float) -> Callable[[nn.Module, object], torch.Tensor]:
+    """Cross-entropy on ``(x, y)``: hard labels with label smoothing, or soft cross-entropy for (N, K) ``y``."""
+
+    def loss(model: nn.Module, batch: object) -> torch.Tensor:
+        x, y = batch  # type: ignore[misc]
+        out = model(x)
+        if y.dim() == 2:
+            return -(y * F.log_softmax(out, dim=1)).sum(dim=1).mean()
+        return F.cross_entropy(out, y, label_smoothing=label_smoothing)
+
+    return loss
+
+
+def _default_compose(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    return x, y
+
+
+def _train_mode(model: nn.Module, trained: set[int] | None) -> None:
+    """``model.train()``; with an explicit parameter set, modules holding parameters none of which train stay in eval."""
+    model.train()
+    if trained is None:
+        return
+    for module in model.modules():
+        own = [id(p) for p in module.parameters()]
+        if own and not any(i in trained for i in own):
+            module.eval()
+
+
+def _as_tensors(data: TensorData | tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(data, TensorData):
+        return data.x, data.y
+    if not (isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data)):
+        raise ConfigError(f"training data must be a TensorData or an (x, y) pair of tensors, got {type(data).__name__}")
+    x, y = data
+    if y.dim() not in (1, 2) or x.dim() < 1 or x.shape[0] != y.shape[0]:
+        raise ConfigError(f"training data needs one target per sample: x {tuple(x.shape)}, y {tuple(y.shape)} "
+                          "(expected y of shape (N,) labels or (N, K) probabilities)")
+    return x, y
+
+
 def train_model(
     model: nn.Module,
-    train: TensorData,
+    data: TensorData | tuple[torch.Tensor, torch.Tensor],
     *,
     val: TensorData | None = None,
-    config: TrainConfig | None = None,
-    soft_targets: torch.Tensor | None = None,
-    set_train_mode: Callable[[nn.Module], None] | None = None,
+    config: TrainConfig = TrainConfig(),
+    compose: Callable[[torch.Tensor, torch.Tensor, torch.Generator], Any] | None = None,
+    loss: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+    select: Callable[[nn.Module], float] | None = None,
+    params: Iterable[nn.Parameter] | None = None,
     progress: bool = True,
     description: str = "train",
 ) -> TrainResult:
-    """Train ``model`` in place on ``train``; keep the best weights on ``val`` if given.
+    """Train ``model`` in place on ``data``; keep the weights of the epoch with the best validation score.
+
+    One step: sample a batch of ``data`` (seeded shuffle, this rank's share under DDP), augment its images
+    (``config.augment``), ``batch = compose(x, y, generator)``, ``loss(model, batch)``, backward, optimiser and
+    scheduler step. After every epoch ``select(model)`` scores the weights (eval mode, no gradients; on every
+    rank, so early stopping agrees); the best epoch's weights (ties: the earlier) are restored at the end.
 
     Args:
-        model: any ``nn.Module`` mapping an NCHW batch to logits. Only parameters with ``requires_grad`` train.
-        train: training data (labels used unless ``soft_targets`` is given).
-        val: validation data for early stopping and best-checkpoint selection.
-        config: hyperparameters; default :class:`TrainConfig`.
-        soft_targets: (N, classes) probability vectors to train on with soft cross-entropy (for pirates
-            trained on an oracle's answers); default: hard labels.
-        set_train_mode: called instead of ``model.train()`` at the start of each epoch (e.g. to keep a frozen
-            part in eval mode so its BatchNorm statistics stay fixed).
+        model: any ``nn.Module``; with the default loss it maps a batch of ``x`` to logits.
+        data: a :class:`TensorData`, or an ``(x, y)`` pair of tensors with one row per sample, where ``y`` is
+            (N,) labels or (N, K) probabilities (soft cross-entropy, e.g. a pirate trained on an oracle's
+            answers) or anything a custom ``loss`` reads (e.g. sample indices).
+        val: validation data; the default ``select`` is its accuracy (with ``config.patience``: early stopping).
+            With a custom ``select``, only the kept weights' accuracy on it is reported.
+        config: hyperparameters.
+        compose: ``compose(x, y, generator) -> batch`` turns the sampled (augmented) rows into the training batch,
+            any object the loss reads; it may add samples (keyed or watermark composites). ``generator`` is this
+            rank's seeded augmentation stream. Default: ``(x, y)``.
+        loss: ``loss(model, batch) -> scalar tensor``; ``model`` is the DistributedDataParallel wrapper under DDP.
+            Default: cross-entropy with ``config.label_smoothing``, or soft cross-entropy when ``y`` is (N, K).
+        select: ``select(model) -> float``, higher is better. Default: accuracy on ``val`` when given, else no
+            selection (the last epoch is kept).
+        params: the parameters to optimise (e.g. a tail or a head). Given, every other parameter is frozen during
+            the run (``requires_grad`` restored afterwards) and every module holding parameters none of which
+            train is kept in eval mode (frozen BatchNorm statistics). Default: all with ``requires_grad``.
         progress: show a rich progress bar (on rank 0 only).
         description: label of the progress bar.
 
     Returns:
-        TrainResult with the history and the kept epoch.
+        TrainResult with the history, the selection scores and the kept epoch.
 
     Raises:
-        ConfigError: bad configuration, empty data, or soft targets that do not match the data.
+        ConfigError: empty data, targets that do not match the samples, no parameter to train, or augmentation
+            on data that is not NCHW images.
     """
-    config = config or TrainConfig()
-    if len(train) == 0:
+    x_all, y_all = _as_tensors(data)
+    if len(x_all) == 0:
         raise ConfigError("the training data is empty")
-    if soft_targets is not None and (soft_targets.dim() != 2 or soft_targets.shape[0] != len(train)):
-        raise ConfigError(f"soft_targets must be (N, classes) with N = {len(train)}, got {tuple(soft_targets.shape)}")
+    if config.augment != "none" and x_all.dim() != 4:
+        raise ConfigError(f"augment={config.augment!r} needs NCHW images, got x of shape {tuple(x_all.shape)}")
+    compose = compose or _default_compose
+    loss_fn = loss or _default_loss(config.label_smoothing)
+    if select is None and val is not None and len(val):
+        def select(m: nn.Module) -> float:
+            return evaluate(m, val, config.eval_batch_size).accuracy
+        default_select = True
+    else:
+        default_select = False
+    trained: set[int] | None = None
+    saved_flags = [(p, p.requires_grad) for p in model.parameters()]
+    if params is not None:
+        chosen = list(params)
+        trained = {id(p) for p in chosen}
+        for p, _ in saved_flags:
+            p.requires_grad_(id(p) in trained)
+        train_params = chosen
+    else:
+        train_params = [p for p in model.parameters() if p.requires_grad]
+    try:
+        return _run(model, x_all, y_all, val, config, compose, loss_fn, select, default_select, train_params, trained,
+                    progress, description)
+    finally:
+        if params is not None:
+            for p, flag in saved_flags:
+                p.requires_grad_(flag)
+
+
+def _run(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, val: TensorData | None, config: TrainConfig,
+         compose: Callable[[torch.Tensor, torch.Tensor, torch.Generator], Any], loss_fn: Callable[[nn.Module, Any], torch.Tensor],
+         select: Callable[[nn.Module], float] | None, default_select: bool, params: list[nn.Parameter],
+         trained: set[int] | None, progress: bool, description: str) -> TrainResult:
+    n = len(x_all)
     rank, world = _distributed()
-    per_rank = max(1, config.batch_size // world)
+    opt = _optimizer(params, config)
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = _optimizer(params, config)
-    steps = math.ceil(len(train) / config.batch_size)
+    steps = math.ceil(n / config.batch_size)
     sched = _scheduler(opt, config, steps)
     gen = torch.Generator().manual_seed(config.seed)
     aug_gen = torch.Generator().manual_seed(config.seed + 1 + rank)
-    best_acc, best_state, best_epoch, stale = -1.0, None, 0, 0
+    best_score, best_state, best_epoch, stale = -math.inf, None, 0, 0
     history: list[dict[str, float]] = []
+    scores: list[float] = []
     start = time.perf_counter()
     with make_progress(progress and rank == 0) as bar:
         task = bar.add_task(description, total=config.epochs * steps, status="")
         epoch = 0
         for epoch in range(1, config.epochs + 1):
             t0 = time.perf_counter()
-            (set_train_mode or nn.Module.train)(model)
+            _train_mode(model, trained)
             total_loss, seen = 0.0, 0
-            for index in _batches(len(train), config.batch_size, rank, world, gen):
-                x = _augment(train.x[index], config.augment, aug_gen)
-                out = net(x)
-                if soft_targets is not None:
-                    loss = -(soft_targets[index] * F.log_softmax(out, dim=1)).sum(dim=1).mean()
-                else:
-                    loss = F.cross_entropy(out, train.y[index], label_smoothing=config.label_smoothing)
+            for index in _batches(n, config.batch_size, rank, world, gen):
+                x = x_all[index]
+                if config.augment != "none":
+                    x = _augment(x, config.augment, aug_gen)
+                value = loss_fn(net, compose(x, y_all[index], aug_gen))
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                value.backward()
                 opt.step()
                 if sched is not None:
                     sched.step()
-                total_loss += float(loss.detach()) * len(index)
+                total_loss += float(value.detach()) * len(index)
                 seen += len(index)
                 bar.advance(task)
             record: dict[str, float] = {"epoch": epoch, "loss": total_loss / max(seen, 1), "seconds": time.perf_counter() - t0}
-            if val is not None and len(val):
-                acc = evaluate(model, val, config.eval_batch_size).accuracy
-                record["val_accuracy"] = acc
-                if acc > best_acc:
-                    best_acc, best_epoch, stale = acc, epoch, 0
+            status = f"loss {record['loss']:.4f}"
+            if select is not None:
+                model.eval()
+                with torch.no_grad():
+                    score = float(select(model))
+                scores.append(score)
+                record["val_accuracy" if default_select else "score"] = score
+                status += f" {'val' if default_select else 'score'} {score:.4f}"
+                if score > best_score:
+                    best_score, best_epoch, stale = score, epoch, 0
                     best_state = copy.deepcopy(model.state_dict())
                 else:
                     stale += 1
             history.append(record)
-            status = f"loss {record['loss']:.4f}" + (f" val {record['val_accuracy']:.4f}" if "val_accuracy" in record else "")
             bar.update(task, status=status)
-            if config.patience is not None and stale >= config.patience:
+            if select is not None and config.patience is not None and stale >= config.patience:
                 break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
+    val_accuracy: float | None = None
+    if val is not None and len(val):
+        val_accuracy = best_score if default_select else evaluate(model, val, config.eval_batch_size).accuracy
     return TrainResult(
-        epochs_run=epoch, best_epoch=best_epoch or epoch, val_accuracy=best_acc if best_state is not None else None,
-        history=history, wall_seconds=time.perf_counter() - start, world_size=world,
+        epochs_run=epoch, best_epoch=best_epoch or epoch, val_accuracy=val_accuracy, history=history,
+        wall_seconds=time.perf_counter() - start, world_size=world, scores=scores,
+        best_score=best_score if best_state is not None else None,
     )
 
 

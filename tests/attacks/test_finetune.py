@@ -1,4 +1,4 @@
-"""The fine-tuning attack: repair rules, and a locked start that carries no information."""
+"""The thief's fine-tuning procedure: repair rules, a locked start that carries no information, scratch vs stolen."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 
-from modelshield.attacks.finetune import RepairPolicy, finetune, finetune_attack, repair_weights
+from modelshield.attacks.finetune import RepairPolicy, ThiefConfig, finetune, finetune_attack, reinitialised, repair_weights, thief_data
 from modelshield.data import Normalization, make_synthetic
 from modelshield.errors import ConfigError
 from modelshield.keys import SecretKey
 from modelshield.lock import lock_model
 from modelshield.models import build_model
-from modelshield.training import TrainConfig, torch_threads
+from modelshield.training import evaluate, torch_threads
 
 
 def _vgg() -> torch.nn.Module:
@@ -55,20 +55,53 @@ def test_fill_zero_and_infinite_range() -> None:
 def test_locked_start_is_at_chance_before_training_and_trains_without_nan() -> None:
     data = make_synthetic(400, num_classes=4, seed=0)
     test = make_synthetic(200, num_classes=4, seed=0)
-    model = build_model("lenet5", in_channels=1, image_size=8, num_classes=4)
+    architecture = build_model("lenet5", in_channels=1, image_size=8, num_classes=4)
     with torch_threads(1):
-        finetune(model, data, test, config=TrainConfig(epochs=4, batch_size=32, lr=3e-3), start="victim")
-        assert finetune(model, data, test, config=TrainConfig(epochs=1), start="x").accuracy > 0.9
+        model = finetune(architecture, data, config=ThiefConfig(epochs=4, batch_size=32, lr=3e-3), start="victim").model
+        assert finetune(model, data, test=test, config=ThiefConfig(epochs=1), start="x").accuracy > 0.9
         locked = lock_model(model, SecretKey(bytes(32)))
-        result = finetune_attack(locked, data, test, config=TrainConfig(epochs=3, batch_size=32, lr=3e-3), model=model)
+        result = finetune_attack(locked, data, test, config=ThiefConfig(epochs=3, batch_size=32, lr=3e-3), model=model)
     assert result.start == "locked" and result.train_size == 400 and result.epochs == 3
     assert result.start_accuracy <= 0.40  # chance is 0.25; the victim had > 0.9
-    assert 0.0 <= result.accuracy <= 1.0 and result.repair is not None and result.repair.replaced > 0
+    assert result.repair is not None and result.repair.replaced > 0
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())  # the repair leaves nothing to blow up
+    assert evaluate(result.model, test).nonfinite == 0
 
 
-def test_fixed_budget_only() -> None:
-    with pytest.raises(ConfigError, match="patience=None"):
-        finetune(_vgg(), make_synthetic(8, seed=0), make_synthetic(8, seed=0), config=TrainConfig(patience=2), start="x")
+def test_thief_procedure_scratch_vs_stolen() -> None:
+    """A thief with a little data: the stolen weights start (and end) ahead of scratch; both runs are seeded."""
+    full = make_synthetic(900, num_classes=4, seed=2)
+    pool, test = full[:600], full[600:]
+    with torch_threads(1):
+        victim = finetune(build_model("lenet5", in_channels=1, image_size=8, num_classes=4), pool,
+                          config=ThiefConfig(epochs=6, batch_size=32, lr=3e-3)).model
+        data = thief_data(pool, 24, seed=0)
+        budget = ThiefConfig(epochs=2, batch_size=8)
+        stolen = finetune(victim, data, config=budget, seed=0, test=test)
+        scratch = finetune(victim, data, config=budget, seed=0, test=test, from_scratch=True)
+        again = finetune(victim, data, config=budget, seed=0, test=test, from_scratch=True)
+    assert len(data) == 24 and (stolen.start, scratch.start) == ("stolen", "scratch")
+    assert stolen.start_accuracy == evaluate(victim, test).accuracy > 0.9  # the victim is untouched and good
+    assert scratch.start_accuracy < 0.5
+    assert stolen.accuracy > scratch.accuracy + 0.2
+    assert scratch.accuracy == again.accuracy
+    assert all(torch.equal(a, b) for a, b in zip(scratch.model.state_dict().values(), again.model.state_dict().values()))
+
+
+def test_reinitialised_keeps_the_normalisation_and_draws_fresh_weights() -> None:
+    model = _vgg()
+    a, b, c = reinitialised(model, 5), reinitialised(model, 5), reinitialised(model, 6)
+    assert torch.equal(a.normalize.mean, model.normalize.mean)
+    assert torch.equal(a.body.block1.conv1.weight, b.body.block1.conv1.weight)
+    assert not torch.equal(a.body.block1.conv1.weight, c.body.block1.conv1.weight)
+    assert not torch.equal(a.body.block1.conv1.weight, model.body.block1.conv1.weight)
+
+
+def test_budget_and_repair_validation() -> None:
+    with pytest.raises(ConfigError, match="epochs and batch_size must be >= 1"):
+        ThiefConfig(epochs=0)
+    with pytest.raises(ConfigError, match="at least 1 image"):
+        thief_data(make_synthetic(8, seed=0), 0, seed=0)
     with pytest.raises(ConfigError, match="max_abs must be > 0"):
         RepairPolicy(max_abs=0)
 

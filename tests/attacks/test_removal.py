@@ -8,13 +8,14 @@ import torch
 from torch import nn
 
 from modelshield.attacks.adaptive_key import AdaptiveKeyConfig, recover_key
-from modelshield.attacks.removal import finetune_model, prune_global_magnitude, quantize_int8_dynamic, sparsity
+from modelshield.attacks.finetune import ThiefConfig, finetune
+from modelshield.attacks.removal import prune_global_magnitude, quantize_int8_dynamic, sparsity
 from modelshield.attacks.removal.prune import prunable_weights
 from modelshield.attacks.removal.quantize import quantized_linear_count
 from modelshield.data import Normalization, make_synthetic
 from modelshield.errors import ConfigError
 from modelshield.models import build_model
-from modelshield.training import TrainConfig, evaluate
+from modelshield.training import evaluate
 
 
 def _model() -> nn.Module:
@@ -66,7 +67,7 @@ def test_finetune_trains_a_copy() -> None:
     data = make_synthetic(64, num_classes=4, image_size=12, seed=0)
     model = _model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    tuned = finetune_model(model, data, config=TrainConfig(epochs=3, batch_size=16, lr=3e-3), progress=False)
+    tuned = finetune(model, data, config=ThiefConfig(epochs=3, batch_size=16, lr=3e-3)).model
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not torch.equal(tuned.body.conv1.weight, model.body.conv1.weight)  # every layer trains, head included
     assert evaluate(tuned, data).accuracy > evaluate(model, data).accuracy

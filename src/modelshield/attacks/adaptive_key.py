@@ -5,7 +5,9 @@ The thief holds the protected model (weights and architecture) and a small label
 with ``m = 0.5 + 0.5 tanh(8 (M - 0.5))``, ``M`` in [0, 0.5], ``P`` in [-theta, theta], in the model's
 normalised input space (a zoo model carries its normalisation), and maximises the model's accuracy on its
 data: Adam on ``M`` and ``P`` minimising cross-entropy, projected back into the key space after every step,
-from ``restarts`` random starts; the start with the lowest final training loss wins.
+from ``restarts`` random starts; the start with the lowest final training loss wins. Each start is one run of
+:func:`~modelshield.training.train_model` with only ``M`` and ``P`` as parameters (the model stays frozen and
+in eval mode).
 
 Success is measured on held-out test data by the caller, against training from scratch on the same data.
 
@@ -33,7 +35,7 @@ from torch import nn
 from modelshield.auth.key import DEFAULT_THETA, MASK_MAX, AuthKey, mask_from_raw
 from modelshield.data.types import Normalization, TensorData
 from modelshield.errors import ConfigError
-from modelshield.training import make_progress
+from modelshield.training import TrainConfig, train_model
 
 __all__ = ["AdaptiveKeyConfig", "AdaptiveKeyResult", "recover_key"]
 
@@ -84,6 +86,28 @@ class AdaptiveKeyResult:
     seconds: float = 0.0
 
 
+class _KeyedModel(nn.Module):
+    """The attacked model behind a trainable key of the public form; input: normalised images."""
+
+    def __init__(self, model: nn.Module, normalization: Normalization, theta: float, shape: tuple[int, int, int],
+                 generator: torch.Generator) -> None:
+        super().__init__()
+        c, h, w = shape
+        self.model, self.normalization, self.theta = model, normalization, theta
+        self.mask_raw = nn.Parameter(torch.rand(1, h, w, generator=generator) * MASK_MAX)
+        self.offset = nn.Parameter((torch.rand(c, h, w, generator=generator) * 2 - 1) * theta)
+
+    @torch.no_grad()
+    def project(self) -> None:
+        """Clamp the key back into the public key space."""
+        self.mask_raw.clamp_(0.0, MASK_MAX)
+        self.offset.clamp_(-self.theta, self.theta)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        m = mask_from_raw(self.mask_raw)
+        return self.model(self.normalization.invert((1 - m) * z + m * self.offset))
+
+
 def recover_key(model: nn.Module, data: TensorData, normalization: Normalization,
                 config: AdaptiveKeyConfig | None = None, *, gate: str = "", progress: bool = True) -> AdaptiveKeyResult:
     """Optimise a mask and offset that maximise ``model``'s accuracy on ``data`` (see the module docstring).
@@ -108,46 +132,25 @@ def recover_key(model: nn.Module, data: TensorData, normalization: Normalization
     gen = torch.Generator().manual_seed(config.seed)
     c, h, w = data.x.shape[1:]
     z_all = normalization.apply(data.x)
-    model.eval()
-    saved = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    best: tuple[float, torch.Tensor, torch.Tensor, list[float]] | None = None
-    steps = (len(data) + config.batch_size - 1) // config.batch_size
-    try:
-        with make_progress(progress) as bar:
-            task = bar.add_task("adaptive key", total=config.restarts * config.epochs * steps, status="")
-            for _ in range(config.restarts):
-                mask_raw = (torch.rand(1, h, w, generator=gen) * MASK_MAX).requires_grad_(True)
-                offset = ((torch.rand(c, h, w, generator=gen) * 2 - 1) * config.theta).requires_grad_(True)
-                opt = torch.optim.Adam([mask_raw, offset], lr=config.lr)
-                history: list[float] = []
-                for _epoch in range(config.epochs):
-                    order = torch.randperm(len(data), generator=gen)
-                    total = 0.0
-                    for i in range(0, len(data), config.batch_size):
-                        index = order[i : i + config.batch_size]
-                        m = mask_from_raw(mask_raw)
-                        keyed = normalization.invert((1 - m) * z_all[index] + m * offset)
-                        loss = F.cross_entropy(model(keyed), data.y[index])
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                        opt.step()
-                        with torch.no_grad():
-                            mask_raw.clamp_(0.0, MASK_MAX)
-                            offset.clamp_(-config.theta, config.theta)
-                        total += float(loss.detach()) * len(index)
-                        bar.advance(task)
-                    history.append(total / len(data))
-                    bar.update(task, status=f"loss {history[-1]:.3f}")
-                if best is None or history[-1] < best[0]:
-                    best = (history[-1], mask_raw.detach().clone(), offset.detach().clone(), history)
-    finally:
-        for p, flag in zip(model.parameters(), saved):
-            p.requires_grad_(flag)
+    best: tuple[float, _KeyedModel, list[float]] | None = None
+    for r in range(config.restarts):
+        keyed = _KeyedModel(model, normalization, config.theta, (c, h, w), gen)
+
+        def loss(net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], keyed: _KeyedModel = keyed) -> torch.Tensor:
+            keyed.project()  # projected gradient: the previous step's update is projected before it is used
+            return F.cross_entropy(net(batch[0]), batch[1])
+
+        schedule = TrainConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, optimizer="adam",
+                               schedule="none", seed=config.seed + 1 + r)
+        run = train_model(keyed, (z_all, data.y), config=schedule, loss=loss, params=[keyed.mask_raw, keyed.offset],
+                          progress=progress, description=f"adaptive key {r + 1}/{config.restarts}")
+        keyed.project()
+        history = [e["loss"] for e in run.history]
+        if best is None or history[-1] < best[0]:
+            best = (history[-1], keyed, history)
     assert best is not None
-    key = AuthKey(best[1], best[2], normalization, gate, theta=config.theta)
+    key = AuthKey(best[1].mask_raw.detach().clone(), best[1].offset.detach().clone(), normalization, gate, theta=config.theta)
     with torch.no_grad():
         logits = torch.cat([model(key.apply(data.x[i : i + 1024])) for i in range(0, len(data), 1024)])
     accuracy = float((logits.argmax(1) == data.y).float().mean())
-    return AdaptiveKeyResult(key, accuracy, best[3], time.perf_counter() - start)
+    return AdaptiveKeyResult(key, accuracy, best[2], time.perf_counter() - start)

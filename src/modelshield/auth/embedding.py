@@ -12,7 +12,8 @@ Steps (see ``shared/specs/authnet.md``):
    images under independently generated decoy keys, and images under uniformly random keys; the keyed
    samples' loss weighs ``keyed_weight``, and a share ``distill`` of it is the distillation loss to the clean
    model's own predictions on the plain image. Adam, step decay
-   (x0.1 at the ``lr_milestones`` fractions of the run). After every epoch the validation split is scored
+   (x0.1 at the ``lr_milestones`` fractions of the run), run by :func:`~modelshield.training.train_model` with
+   a loss hook and a selection hook. After every epoch the validation split is scored
    with the key, without it and (when decoys are on) under decoy keys (random keys and the decoy keys, other
    draws than in training); the kept weights maximise ``legit - max(unauthorized, decoy)`` accuracy (ties:
    the earlier epoch).
@@ -58,7 +59,7 @@ from modelshield.auth.keygen import KeyGenConfig, generate_key
 from modelshield.data.types import Normalization, TensorData
 from modelshield.errors import ConfigError
 from modelshield.models.zoo import Normalize
-from modelshield.training import make_progress, score_logits
+from modelshield.training import TrainConfig, score_logits, train_model
 
 __all__ = ["AuthConfig", "EmbedResult", "default_num_bits", "embed", "model_normalization", "near_keyed", "random_keyed"]
 
@@ -404,63 +405,38 @@ def embed(model: nn.Module, train: TensorData, val: TensorData, *, config: AuthC
     weights[: len(train)] = config.keyed_weight
     t_cache = time.perf_counter()
 
-    split.freeze_head(model)
-    params = split.tail_parameters(model)
-    opt = torch.optim.Adam(params, lr=config.tail_lr, weight_decay=config.weight_decay)
-    steps = (len(inputs) + config.tail_batch_size - 1) // config.tail_batch_size
-    milestones = sorted({max(1, round(f * config.tail_epochs * steps)) for f in config.lr_milestones})
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
-    history: list[dict[str, float]] = []
-    best: tuple[float, int, dict[str, torch.Tensor] | None, float, float] = (-2.0, 0, None, 0.0, 0.0)
+    records: list[dict[str, float]] = []
+
+    def tail_loss(net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, index = batch  # the data's targets are the input positions: labels, weights and teacher are looked up
+        logits = forward(x) if split.cacheable else net(x)
+        per_sample = F.cross_entropy(logits, labels[index], reduction="none")
+        if teacher is not None:
+            per_sample = _with_distillation(per_sample, logits, index, teacher, config)
+        return (per_sample * weights[index]).mean()
 
     def accuracy(batch: torch.Tensor) -> float:
         return score_logits(predict(batch), val.y).accuracy
 
-    def scores() -> tuple[float, float, float | None]:
-        model.eval()
-        with torch.no_grad():
-            return accuracy(val_keyed), accuracy(val_plain), None if val_decoy is None else accuracy(val_decoy)
+    def select(_model: nn.Module) -> float:
+        legit, plain = accuracy(val_keyed), accuracy(val_plain)
+        record = {"val_legit": legit, "val_unauthorized": plain}
+        decoy = None if val_decoy is None else accuracy(val_decoy)
+        if decoy is not None:
+            record["val_decoy"] = decoy
+        records.append(record)
+        return legit - max(plain, decoy or 0.0)
 
-    try:
-        with make_progress(progress) as bar:
-            task = bar.add_task("auth: tail", total=config.tail_epochs * steps, status="")
-            for epoch in range(1, config.tail_epochs + 1):
-                t0 = time.perf_counter()
-                split.set_train_mode(model)
-                order = torch.randperm(len(inputs), generator=gen)
-                total = 0.0
-                for i in range(0, len(inputs), config.tail_batch_size):
-                    index = order[i : i + config.tail_batch_size]
-                    logits = forward(inputs[index])
-                    per_sample = F.cross_entropy(logits, labels[index], reduction="none")
-                    if teacher is not None:
-                        per_sample = _with_distillation(per_sample, logits, index, teacher, config)
-                    loss = (per_sample * weights[index]).mean()
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    sched.step()
-                    total += float(loss.detach()) * len(index)
-                    bar.advance(task)
-                legit, plain, decoy = scores()
-                record = {"epoch": epoch, "loss": total / len(inputs), "val_legit": legit, "val_unauthorized": plain,
-                          "seconds": time.perf_counter() - t0}
-                if decoy is not None:
-                    record["val_decoy"] = decoy
-                history.append(record)
-                bar.update(task, status=f"legit {legit:.3f} plain {plain:.3f}")
-                score = legit - max(plain, decoy or 0.0)
-                if score > best[0]:
-                    best = (score, epoch, copy.deepcopy(model.state_dict()), legit, plain)
-    finally:
-        for p in model.parameters():
-            p.requires_grad_(True)
-    if best[2] is not None:
-        model.load_state_dict(best[2])
-    model.eval()
+    tail_config = TrainConfig(epochs=config.tail_epochs, batch_size=config.tail_batch_size, lr=config.tail_lr,
+                              optimizer="adam", weight_decay=config.weight_decay, schedule="multistep",
+                              milestones=config.lr_milestones, gamma=0.1, seed=_subseed(seed, "tail"))
+    run = train_model(model, (inputs, torch.arange(len(inputs))), config=tail_config, loss=tail_loss, select=select,
+                      params=split.tail_parameters(model), progress=progress, description="auth: tail")
+    history = [{"epoch": h["epoch"], "loss": h["loss"], **r, "seconds": h["seconds"]} for h, r in zip(run.history, records)]
+    kept = records[run.best_epoch - 1]
     t_end = time.perf_counter()
     key = key.bound_to(model)
     timings = {"bits": t_bits - t_start, "key": t_key - t_bits, "cache": t_cache - t_key, "tail": t_end - t_cache,
                "total": t_end - t_start}
-    return EmbedResult(model, key, bits, split, keygen.bit_change, keygen.other_change, best[3], best[4], best[1],
-                       history, timings)
+    return EmbedResult(model, key, bits, split, keygen.bit_change, keygen.other_change, kept["val_legit"],
+                       kept["val_unauthorized"], run.best_epoch, history, timings)

@@ -35,7 +35,8 @@ from typing import Any
 import torch
 
 from modelshield.attacks.adaptive_key import AdaptiveKeyConfig, recover_key
-from modelshield.attacks.removal import finetune_model, prune_global_magnitude, quantize_int8_dynamic, sparsity
+from modelshield.attacks.finetune import QUICK_THIEF, ThiefConfig, finetune, thief_data
+from modelshield.attacks.removal import prune_global_magnitude, quantize_int8_dynamic, sparsity
 from modelshield.attacks.removal.quantize import quantized_linear_count
 from modelshield.auth import AuthConfig, AuthKey, KeyGenConfig, channel_means, embed, generate_key, select_bits
 from modelshield.auth.evaluation import accuracy_with_key, evaluate_auth
@@ -44,7 +45,7 @@ from modelshield.bench.train_suite import QUICK_TRAIN_SIZE, VICTIMS, victim
 from modelshield.data import TensorData
 from modelshield.errors import ConfigError
 from modelshield.models import build_model, load_checkpoint, save_checkpoint
-from modelshield.training import TrainConfig, evaluate, seed_everything, train_model
+from modelshield.training import evaluate, seed_everything, train_model
 
 __all__ = ["CONFIGS", "independent_key", "run"]
 
@@ -72,8 +73,8 @@ PRUNE = (0.1, 0.2, 0.3, 0.4, 0.5)
 QUICK_PRUNE = (0.3,)
 FRACTIONS, QUICK_FRACTIONS = (0.01, 0.05, 0.10), (0.05,)
 ADAPTIVE, QUICK_ADAPTIVE = (0.01, 0.05), (0.01,)
-BUDGET = TrainConfig(epochs=15, batch_size=64, lr=1e-3, optimizer="adam", schedule="cosine")
-QUICK_BUDGET = TrainConfig(epochs=3, batch_size=64, lr=1e-3, optimizer="adam", schedule="cosine")
+BUDGET = ThiefConfig()  # the thief's budget, shared with the lock suite
+QUICK_BUDGET = QUICK_THIEF
 ADAPTIVE_CONFIG = AdaptiveKeyConfig(epochs=20, batch_size=128, lr=0.02, restarts=2)
 QUICK_ADAPTIVE_CONFIG = AdaptiveKeyConfig(epochs=8, batch_size=128, lr=0.02, restarts=1)
 
@@ -218,29 +219,21 @@ def _transform_cells(ctx: BenchContext, dataset: str, model: torch.nn.Module, ke
 
 
 def _attacker_data(ctx: BenchContext, dataset: str, fraction: float, seed: int):  # type: ignore[no-untyped-def]
-    return ctx.dataset(dataset).attacker.subset(round(fraction * OFFICIAL_TRAIN), seed)
+    return thief_data(ctx.dataset(dataset).attacker, round(fraction * OFFICIAL_TRAIN), seed)
 
 
 def _finetune_cell(ctx: BenchContext, dataset: str, model: torch.nn.Module, key: AuthKey, fraction: float) -> dict[str, Any]:
     checkpoint, _ = victim(ctx, dataset)
     bundle = ctx.dataset(dataset)
     data = _attacker_data(ctx, dataset, fraction, ctx.seed)
-    budget = replace(QUICK_BUDGET if ctx.quick else BUDGET, seed=ctx.seed)
-    architecture = VICTIMS[dataset][0]
-    info = bundle.info
+    budget = QUICK_BUDGET if ctx.quick else BUDGET
     with ctx.torch_threads(THREADS):
-        seed_everything(ctx.seed)
-        tuned = finetune_model(model, data, config=budget, progress=ctx.progress)
-        seed_everything(ctx.seed)
-        original = finetune_model(checkpoint.model, data, config=budget, progress=ctx.progress)
-        seed_everything(ctx.seed)
-        scratch = build_model(architecture, in_channels=info.in_channels, image_size=info.image_size,
-                              num_classes=info.num_classes, normalization=info.normalization)
-        train_model(scratch, data, config=budget, progress=ctx.progress, description="scratch")
-        return {"images": len(data), "protected_finetuned": evaluate(tuned, bundle.test).accuracy,
-                "protected_finetuned_with_key": accuracy_with_key(tuned, key, bundle.test),
-                "scratch": evaluate(scratch, bundle.test).accuracy,
-                "original_finetuned": evaluate(original, bundle.test).accuracy}
+        runs = {start: finetune(start_model, data, config=budget, seed=ctx.seed, test=bundle.test, start=start,
+                                from_scratch=start == "scratch", progress=ctx.progress)
+                for start, start_model in (("protected", model), ("original", checkpoint.model), ("scratch", checkpoint.model))}
+        return {"images": len(data), "protected_finetuned": runs["protected"].accuracy,
+                "protected_finetuned_with_key": accuracy_with_key(runs["protected"].model, key, bundle.test),
+                "scratch": runs["scratch"].accuracy, "original_finetuned": runs["original"].accuracy}
 
 
 def _adaptive_cell(ctx: BenchContext, dataset: str, model: torch.nn.Module, key: AuthKey, fraction: float) -> dict[str, Any]:
@@ -350,7 +343,7 @@ def _dataset(ctx: BenchContext, dataset: str) -> dict[str, Any]:
                     config={"auth": config, "gate": g, "overrides": GATE_STUDY_OVERRIDES[dataset],
                             "random_keys": GATE_RANDOM_KEYS, "second_keys": GATE_SECOND_KEYS})
         for g in GATE_STUDY[dataset]}
-    budget = replace(QUICK_BUDGET if ctx.quick else BUDGET, seed=ctx.seed)
+    budget = QUICK_BUDGET if ctx.quick else BUDGET
     finetune = {f"{f:.2f}": ctx.cell(f"{dataset}/finetune-{f:.2f}", lambda f=f: _finetune_cell(ctx, dataset, model, key, f),
                                      config={"fraction": f, "fractions_of": OFFICIAL_TRAIN, "budget": budget}, upstream=upstream)
                 for f in (QUICK_FRACTIONS if ctx.quick else FRACTIONS)}

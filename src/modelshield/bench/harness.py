@@ -462,11 +462,15 @@ class BenchContext:
                    train_size: int | None = None) -> str:
         """File stem of a trained model in :attr:`models_dir`: ``<arch>-<dataset>-s<seed>-<digest>``.
 
-        The digest hashes every field of ``config`` and ``train_size``; a test pins it for the benchmark victims
+        The digest hashes every field of ``config`` that acts on the run (``milestones`` only under the
+        ``multistep`` schedule) and ``train_size``; a test pins it for the benchmark victims
         (a new :class:`~modelshield.training.TrainConfig` field changes it, and the victims are then retrained).
         """
         seed = self.seed if seed is None else seed
-        digest = hashlib.sha256(json.dumps([asdict(config), train_size], sort_keys=True).encode()).hexdigest()[:10]
+        fields = asdict(config)
+        if config.schedule != "multistep":  # milestones act only on that schedule: other configs keep their names
+            fields.pop("milestones")
+        digest = hashlib.sha256(json.dumps([fields, train_size], sort_keys=True).encode()).hexdigest()[:10]
         return f"{architecture}-{dataset}-s{seed}-{digest}"
 
     def trained_model(self, architecture: str, dataset: str, config: TrainConfig, *, seed: int | None = None,
@@ -509,6 +513,7 @@ class BenchContext:
                       "train_seconds": result.wall_seconds, "torch_threads": sorted(threads),
                       "versions": library_versions(), "history": result.history}
             atomic_write_bytes(record_path, json.dumps(record, indent=1).encode())
+            record = json.loads(json.dumps(record))  # the form a later run loads (tuples such as milestones become lists)
             self.models_trained.append(name)
             return self._loaded(name, load_checkpoint(weights), record)
 

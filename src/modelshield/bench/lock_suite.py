@@ -19,7 +19,6 @@ Cells (each cached, so an interrupted run resumes):
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import hashlib
 import json
@@ -34,6 +33,7 @@ from typing import Any
 
 import torch
 
+from modelshield.attacks.finetune import QUICK_THIEF, RepairPolicy, ThiefConfig, finetune, finetune_attack, thief_data
 from modelshield.bench.harness import BenchContext, Criterion, SuiteReport, markdown_table
 from modelshield.bench.train_suite import victim
 from modelshield.keys import SecretKey
@@ -41,7 +41,7 @@ from modelshield.lock import LockConfig, lock_model, lock_state_dict, unlock_sta
 from modelshield.lock.evaluation import evaluate_locked, nonfinite_fraction
 from modelshield.lock.locked import load_into
 from modelshield.models import Checkpoint, build_model
-from modelshield.training import TrainConfig, evaluate, seed_everything
+from modelshield.training import evaluate
 
 __all__ = ["DATASETS", "FINETUNE_BUDGET", "run"]
 
@@ -50,8 +50,8 @@ CHANCE = 0.10
 OFFICIAL_TRAIN = 60_000
 FRACTIONS = (0.01, 0.05, 0.10)
 QUICK_FRACTIONS = (0.01, 0.05)
-FINETUNE_BUDGET = TrainConfig(epochs=10, batch_size=64, lr=1e-3, optimizer="adam", schedule="cosine")
-QUICK_BUDGET = TrainConfig(epochs=2, batch_size=64, lr=1e-3, optimizer="adam", schedule="cosine")
+FINETUNE_BUDGET = ThiefConfig()  # the thief's budget, shared with the auth suite
+QUICK_BUDGET = QUICK_THIEF
 FINETUNE_SEEDS = {0.01: (0, 1), 0.05: (0,), 0.10: (0,)}  # the smallest subset is the noisiest: two draws
 WRONG_KEYS = 10
 SPEED_MIB = 128
@@ -121,25 +121,18 @@ def _roundtrip(ctx: BenchContext, checkpoint: Checkpoint, dataset: str, scheme: 
 # -- 2. fine-tuning attack ------------------------------------------------------------------------------
 
 def _finetune_cell(ctx: BenchContext, checkpoint: Checkpoint, dataset: str, fraction: float, arm: str, seed: int) -> dict[str, Any]:
-    from modelshield.attacks.finetune import RepairPolicy, finetune, finetune_attack
-
     bundle = ctx.dataset(dataset)
-    count = round(fraction * OFFICIAL_TRAIN)
-    train = bundle.attacker.subset(min(count, len(bundle.attacker)), seed=seed)
+    train = thief_data(bundle.attacker, round(fraction * OFFICIAL_TRAIN), seed)
     config = QUICK_BUDGET if ctx.quick else FINETUNE_BUDGET
-    config = dataclasses.replace(config, seed=seed)
     meta = checkpoint.meta
     with ctx.torch_threads(THREADS[dataset]):
         if arm.startswith("locked"):
             locked = lock_model(checkpoint.model, _bench_key("master", ctx.seed), meta=meta)
             policy = RepairPolicy(fill=arm.split("-", 1)[1], normalization=meta.normalization, seed=seed)
             result = finetune_attack(locked, train, bundle.test, config=config, policy=policy, progress=ctx.progress)
-        else:
-            seed_everything(seed)
-            model = build_model(meta.architecture, normalization=meta.normalization, **meta.arch_args)
-            if arm == "original":
-                load_into(model, checkpoint.model.state_dict(), "victim")
-            result = finetune(model, train, bundle.test, config=config, start=arm, progress=ctx.progress)
+        else:  # "original" fine-tunes the victim's weights, "scratch" a fresh initialisation of its architecture
+            result = finetune(checkpoint.model, train, config=config, seed=seed, test=bundle.test,
+                              from_scratch=arm == "scratch", start=arm, progress=ctx.progress)
     out = {"arm": arm, "fraction": fraction, "seed": seed, "train_images": result.train_size, "epochs": result.epochs,
            "start_accuracy": result.start_accuracy, "accuracy": result.accuracy, "train_seconds": result.wall_seconds}
     if result.repair is not None:
@@ -359,11 +352,10 @@ def run(ctx: BenchContext) -> SuiteReport:
         results["datasets"][dataset] = entry
     mib = QUICK_SPEED_MIB if ctx.quick else SPEED_MIB
     results["speed"] = ctx.cell(f"speed-{mib}mib", lambda: _speed(ctx), config={"mib": mib, "repeats": SPEED_REPEATS})
-    results["finetune_budget"] = {"epochs": budget.epochs, "batch_size": budget.batch_size, "lr": budget.lr,
-                                  "optimizer": budget.optimizer, "schedule": budget.schedule,
+    results["finetune_budget"] = {**budget.to_dict(),
                                   "seeds": {str(f): [0] if ctx.quick else list(FINETUNE_SEEDS[f]) for f in fractions},
                                   "fractions_of": OFFICIAL_TRAIN}
-    note = "Quick run: 2-epoch victims, a 2-epoch fine-tuning budget and a smaller state dict." if ctx.quick else ""
+    note = f"Quick run: 2-epoch victims, a {budget.epochs}-epoch fine-tuning budget and a smaller state dict." if ctx.quick else ""
     return SuiteReport(results=results, markdown=_markdown(results, fractions), figures=_figures(results, fractions),
                        criteria=_criteria(results, fractions), criteria_note=note)
 

@@ -2,7 +2,8 @@
 
 1. ``phi`` = penultimate features, ``h`` = final linear layer (:class:`~modelshield.defense.features.FeatureSplit`).
 2. Class centres ``mu_c``: mean of ``phi`` over the training samples of class ``c``.
-3. Mapping network ``g`` (phi -> unit circle in R^2) trained with the supervised contrastive loss.
+3. Mapping network ``g`` (phi -> unit circle in R^2) trained with the supervised contrastive loss (Adam, cosine
+   schedule; :func:`~modelshield.training.train_model` with a loss hook).
 4. Sensitive regions from the whole training set: ``m_c`` = mean of ``g(phi(x))`` over class ``c``,
    ``rho_c`` = mean distance to ``m_c`` (the radius ``R_c = beta * rho_c`` is applied online).
 5. Weak shadow models, one epoch each on small random subsets.
@@ -35,7 +36,7 @@ from modelshield.defense.supcon import supervised_contrastive_loss
 from modelshield.errors import ConfigError
 from modelshield.models.checkpoint import state_dict_fingerprint
 from modelshield.models.registry import canonical_model_name
-from modelshield.training import make_progress
+from modelshield.training import TrainConfig, train_model
 
 __all__ = ["QueenFitConfig", "fit_queen"]
 
@@ -119,28 +120,13 @@ def fit_queen(model: nn.Module, data: TensorData, *, config: QueenFitConfig | No
     onehot = torch.nn.functional.one_hot(data.y, k).float()
     class_centres = (onehot.T @ phi) / present[:, None].float()
 
-    gen = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     mapping = MappingNetwork(mapping_widths(phi.shape[1]))
-    opt = torch.optim.Adam(mapping.parameters(), lr=config.mapping_lr)
-    n, losses = len(phi), []
-    steps = config.mapping_epochs * ((n + config.mapping_batch_size - 1) // config.mapping_batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    with make_progress(progress) as bar:
-        task = bar.add_task("QUEEN mapping", total=config.mapping_epochs, status="")
-        for _ in range(config.mapping_epochs):
-            order, total = torch.randperm(n, generator=gen), 0.0
-            mapping.train()
-            for s in range(0, n, config.mapping_batch_size):
-                index = order[s : s + config.mapping_batch_size]
-                loss = supervised_contrastive_loss(mapping(phi[index]), data.y[index], config.temperature)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                total += float(loss.detach()) * len(index)
-            losses.append(total / n)
-            bar.update(task, advance=1, status=f"loss {losses[-1]:.4f}")
+    schedule = TrainConfig(epochs=config.mapping_epochs, batch_size=config.mapping_batch_size, lr=config.mapping_lr,
+                           optimizer="adam", schedule="cosine", seed=config.seed)
+    run = train_model(mapping, (phi, data.y), config=schedule, progress=progress, description="QUEEN mapping",
+                      loss=lambda g, batch: supervised_contrastive_loss(g(batch[0]), batch[1], config.temperature))
+    losses, n = [h["loss"] for h in run.history], len(phi)
     mapping.eval()
     with torch.no_grad():
         z = mapping(phi)

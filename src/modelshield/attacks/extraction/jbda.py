@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from modelshield.attacks.extraction.pools import QueryPool
 from modelshield.attacks.extraction.transcript import Transcript
-from modelshield.data.types import Normalization, TensorData
+from modelshield.data.types import Normalization
 from modelshield.errors import ConfigError
 from modelshield.models.registry import MODEL_REGISTRY, build_model, canonical_model_name
 from modelshield.oracle import Oracle
@@ -102,7 +102,7 @@ class JBDA:
         while collected < cfg.budget:
             x_all, y_all = torch.cat(xs), torch.cat(ys)
             targets = y_all / y_all.sum(dim=1, keepdim=True).clamp_min(1e-12)
-            train_model(substitute, TensorData(x_all, targets.argmax(dim=1)), soft_targets=targets, progress=False,
+            train_model(substitute, (x_all, targets), progress=False,
                         config=TrainConfig(epochs=cfg.epochs_per_round, batch_size=64, lr=1e-3, schedule="none",
                                            seed=cfg.seed + rounds))
             n_new = min(len(x_all), cfg.budget - collected)

@@ -95,10 +95,9 @@ def train_pirate(x: torch.Tensor, answers: torch.Tensor, config: PirateConfig | 
     _, channels, size, _ = x.shape
     model = build_model(config.architecture, in_channels=channels, image_size=size, num_classes=targets.shape[1],
                         normalization=Normalization.from_images(x))
-    train = TensorData(x, targets.argmax(dim=1))
     tc = TrainConfig(epochs=config.epochs_for(len(x)), batch_size=config.batch_size, lr=config.lr, schedule="cosine",
                      seed=config.seed)
-    train_model(model, train, config=tc, soft_targets=targets, progress=progress, description="pirate")
+    train_model(model, (x, targets), config=tc, progress=progress, description="pirate")
     return model.eval()
 
 

@@ -1,10 +1,10 @@
-"""Model transformations that a thief may apply to a stolen model: fine-tuning, pruning, quantization.
+"""Model transformations that a thief may apply to a stolen model: pruning, quantization.
 
 Generic helpers: each takes any ``nn.Module`` and returns a modified *copy*; the input is left unchanged.
+Fine-tuning a stolen model is :func:`modelshield.attacks.finetune.finetune` (one procedure for every start).
 """
 
-from modelshield.attacks.removal.finetune import finetune_model
 from modelshield.attacks.removal.prune import prune_global_magnitude, sparsity
 from modelshield.attacks.removal.quantize import quantize_int8_dynamic
 
-__all__ = ["finetune_model", "prune_global_magnitude", "quantize_int8_dynamic", "sparsity"]
+__all__ = ["prune_global_magnitude", "quantize_int8_dynamic", "sparsity"]
