@@ -112,7 +112,18 @@ class _Guard:
                     raise _TooLarge()
             return message
 
-        length = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if scope.get("method") == "POST":
+            if b"inference-header-content-length" in headers:
+                await _error(400, "the binary tensor extension is not supported: send JSON "
+                                  "(tritonclient: binary_data=False)")(scope, receive, send_wrapper)
+                self.metrics.observe_request("unmatched", 400, time.perf_counter() - start)
+                return
+            # every POST body of the protocol is JSON, and its clients (tritonclient) send it without a content type
+            if headers.get(b"content-type") != b"application/json":
+                scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+                         + [(b"content-type", b"application/json")]}
         try:
             if length is not None and (not length.isdigit() or int(length) > self.limit):
                 raise _TooLarge()
