@@ -164,6 +164,7 @@ class HttpOracle(Oracle):
         batch_size: most images per request (the server's limit is 256 by default).
         timeout: seconds per request.
         max_waits: rate-limit waits per request before giving up.
+        output: ``label`` turns probability answers into one-hot rows here too (a hard-label attacker).
         transport: an ``httpx`` transport (tests).
 
     Raises:
@@ -171,7 +172,7 @@ class HttpOracle(Oracle):
     """
 
     def __init__(self, url: str, model_name: str, *, api_key: str, client_id: str = "http", batch_size: int = 64,
-                 timeout: float = 30.0, max_waits: int = 10, transport: Any = None) -> None:
+                 timeout: float = 30.0, max_waits: int = 10, output: str = "probabilities", transport: Any = None) -> None:
         import httpx
 
         if batch_size < 1:
@@ -189,7 +190,7 @@ class HttpOracle(Oracle):
             self.input_shape = tuple(int(s) for s in meta["inputs"][0]["shape"][1:])
         except (KeyError, IndexError, TypeError, ValueError):
             raise ConfigError(f"{self.url}: model {model_name!r} metadata has no probabilities output of shape [-1, K]") from None
-        super().__init__(num_classes, client_id=client_id)
+        super().__init__(num_classes, client_id=client_id, output=output)
 
     def __repr__(self) -> str:
         return f"HttpOracle({self.url!r}, {self.model_name!r}, client_id={self.client_id!r})"

@@ -185,3 +185,15 @@ def _named(case):  # type: ignore[no-untyped-def]
         if "version" in case.path_parameters:
             case.path_parameters["version"] = "1"
     return case
+
+
+def test_attack_extract_cli_against_the_live_server(server, victim: Victim, monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    from modelshield.cli import main
+
+    proc, keys = server
+    monkeypatch.setenv("MODELSHIELD_API_KEY", keys["fuzz"])  # the key from the environment, never the command line
+    code = main(["attack", "extract", str(victim.checkpoint), "--url", proc.url, "--model-name", NAME, "--budget", "100",
+                 "--pirate-epochs", "1", "--json", "--quiet"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["queries"] == 100 and summary["defense"]["name"] == "remote" and keys["fuzz"] not in json.dumps(summary)
