@@ -42,8 +42,8 @@ def test_loose_permissions_warn(tmp_path) -> None:
 @pytest.mark.parametrize("content, message", [
     ("not json {", "not valid base64"),
     ('{"format": "other"}', "not a modelshield secret key"),
-    ('{"format": "modelshield-secret-key", "version": 9, "key": ""}', "version 9"),
-    ('{"format": "modelshield-secret-key", "version": 1, "key": "AAAA"}', "3 bytes, expected 32"),
+    ('{"format": "modelshield-secret-key", "version": 1, "key": "AAAA"}', "header field key: expected 32..32 bytes, got '3 bytes'"),
+    ("AAAA", "the key is 3 bytes, expected 32"),
 ])
 def test_malformed_key_files(tmp_path, content, message) -> None:
     path = tmp_path / "bad.key"

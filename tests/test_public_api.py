@@ -10,7 +10,7 @@ EXPECTED = {
     # Deep-Lock
     "LockConfig", "LockedModel", "Passphrase", "lock_model", "lock_state_dict", "unlock_model", "unlock_state_dict",
     # extraction and QUEEN
-    "ModelOracle", "Oracle", "QueenConfig", "QueenDefense", "QueenFitConfig", "build_attack", "build_defense", "fit_queen",
+    "CallableOracle", "ClientPolicy", "ModelOracle", "Oracle", "ProtectedModel", "QueenConfig", "QueenDefense", "QueenFitConfig", "build_attack", "build_defense", "fit_queen",
     "load_queen_artifacts", "run_extraction",
 }
 

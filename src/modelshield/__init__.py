@@ -16,7 +16,16 @@ from modelshield.attacks.extraction import build_attack, run_extraction
 from modelshield.auth import AuthConfig, AuthKey, evaluate_auth
 from modelshield.auth import embed as embed_auth
 from modelshield.data import DatasetBundle, DatasetInfo, Normalization, TensorData, load_dataset, make_synthetic
-from modelshield.defense import QueenConfig, QueenDefense, QueenFitConfig, build_defense, fit_queen, load_queen_artifacts
+from modelshield.defense import (
+    ClientPolicy,
+    ProtectedModel,
+    QueenConfig,
+    QueenDefense,
+    QueenFitConfig,
+    build_defense,
+    fit_queen,
+    load_queen_artifacts,
+)
 from modelshield.errors import (
     BudgetExceeded,
     ConfigError,
@@ -35,15 +44,17 @@ from modelshield.models import (
     save_checkpoint,
     state_dict_fingerprint,
 )
-from modelshield.oracle import ModelOracle, Oracle
+from modelshield.oracle import CallableOracle, ModelOracle, Oracle
 from modelshield.training import EvalResult, TrainConfig, TrainResult, evaluate, seed_everything, train_model
 
 __all__ = [
     "AuthConfig",
     "AuthKey",
     "BudgetExceeded",
+    "CallableOracle",
     "Checkpoint",
     "CheckpointMeta",
+    "ClientPolicy",
     "ConfigError",
     "DatasetBundle",
     "DatasetInfo",
@@ -58,6 +69,7 @@ __all__ = [
     "Normalization",
     "Oracle",
     "Passphrase",
+    "ProtectedModel",
     "QueenConfig",
     "QueenDefense",
     "QueenFitConfig",

@@ -11,7 +11,8 @@ __all__ = ["atomic_write_bytes"]
 
 
 def atomic_write_bytes(
-    path: str | os.PathLike[str], data: bytes | memoryview | Iterable[bytes | memoryview], *, mode: int = 0o644
+    path: str | os.PathLike[str], data: bytes | memoryview | Iterable[bytes | memoryview], *, mode: int = 0o644,
+    overwrite: bool = True,
 ) -> Path:
     """Write ``data`` to ``path`` atomically (temporary file in the same folder, fsync, rename).
 
@@ -20,6 +21,9 @@ def atomic_write_bytes(
 
     The file is created with ``mode`` from the start (never world-readable for a moment when ``mode`` is
     0o600). A reader sees either the old file or the whole new one, never a partial write.
+
+    With ``overwrite=False`` the final step is a hard link instead of a rename, which fails atomically with
+    :class:`FileExistsError` if ``path`` exists (no check-then-write race); the temporary file is removed.
 
     Example:
         >>> import tempfile, os
@@ -37,7 +41,10 @@ def atomic_write_bytes(
                 handle.write(part)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, target)
+        if overwrite:
+            os.replace(tmp, target)
+        else:
+            _publish_new(tmp, target)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -45,3 +52,17 @@ def atomic_write_bytes(
             pass
         raise
     return target
+
+
+def _publish_new(tmp: str, target: Path) -> None:
+    """Move ``tmp`` to ``target`` only if nothing is there: a hard link (atomic), then drop ``tmp``."""
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links: check, then rename (a narrow race, no better way)
+        if os.path.lexists(target):
+            raise FileExistsError(f"{target} already exists") from None
+        os.replace(tmp, target)
+        return
+    os.unlink(tmp)

@@ -8,7 +8,7 @@ user's input also derive from the matching built-in, so ``except ValueError`` ke
     │   └── DatasetNotFound (FileNotFoundError) exit code 4  no dataset where we looked
     ├── FormatError (ValueError)             exit code 5   malformed, truncated or foreign file
     ├── IntegrityError                       exit code 6   wrong key or tampered file (one opaque message)
-    └── BudgetExceeded (RuntimeError)        exit code 7   an oracle's query budget is spent
+    └── BudgetExceeded (RuntimeError)        exit code 7   a client's query budget is spent
 
 The CLI prints ``error: <message>`` on one line and exits with the class's ``exit_code``; it never shows a
 traceback for these. Messages name the file or field, what was expected and what was found.
@@ -71,7 +71,7 @@ class IntegrityError(ModelShieldError):
 
 
 class BudgetExceeded(ModelShieldError, RuntimeError):
-    """An oracle was asked for more queries than its budget allows."""
+    """A client asked for more queries than its budget allows (the server refuses the whole batch)."""
 
     exit_code = 7
 

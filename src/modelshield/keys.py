@@ -4,9 +4,10 @@ A :class:`SecretKey` is 32 random bytes from :mod:`secrets` (or derived from a p
 never shows itself: ``repr`` is redacted, comparison is constant-time, and key files are written atomically
 with mode 0600. Keys are read from a file or an environment variable, never from the command line.
 
-Key file format (version 1), UTF-8 JSON::
+Key file format (version 1), UTF-8 JSON with the header rules of :mod:`modelshield.container` (exact keys,
+no duplicates, at most 4096 bytes), written with sorted keys and a final newline::
 
-    {"format": "modelshield-secret-key", "version": 1, "key": "<base64 of 32 bytes>"}
+    {"format":"modelshield-secret-key","key":"<base64 of 32 bytes>","version":1}
 
 Example:
     >>> import os, tempfile
@@ -26,18 +27,23 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 import os
 import secrets
-import stat
-import warnings
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from modelshield._io import atomic_write_bytes
+from modelshield.container import (
+    Fields,
+    HeaderSpec,
+    encode_header,
+    load_secret_file,
+    parse_header,
+    save_secret_file,
+    secret_from_env,
+)
 from modelshield.errors import ConfigError, FormatError
 
 __all__ = ["DEFAULT_KEY_ENV", "KEY_BYTES", "ScryptParams", "SecretKey", "load_secret_key"]
@@ -47,6 +53,8 @@ KEY_FILE_FORMAT = "modelshield-secret-key"
 KEY_FILE_VERSION = 1
 MAX_KEY_FILE_BYTES = 4096
 DEFAULT_KEY_ENV = "MODELSHIELD_KEY"
+KEY_FILE_SPEC = HeaderSpec("secret key file", KEY_FILE_FORMAT, KEY_FILE_VERSION, required={"key"},
+                           max_bytes=MAX_KEY_FILE_BYTES)
 
 
 class ScryptParams:
@@ -127,15 +135,8 @@ class SecretKey:
         """Parse a key file's JSON text, or a bare base64 string (as kept in an environment variable)."""
         text = text.strip()
         if text.startswith("{"):
-            try:
-                doc = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise FormatError(f"{source}: not valid JSON ({exc.msg})") from None
-            if not isinstance(doc, dict) or doc.get("format") != KEY_FILE_FORMAT:
-                raise FormatError(f"{source}: not a modelshield secret key (expected format {KEY_FILE_FORMAT!r})")
-            if doc.get("version") != KEY_FILE_VERSION:
-                raise FormatError(f"{source}: key file version {doc.get('version')!r} is not supported (expected 1)")
-            text = str(doc.get("key", ""))
+            doc = parse_header(text, KEY_FILE_SPEC, source)
+            return cls(Fields(source).b64(doc, "key", KEY_BYTES, KEY_BYTES))
         try:
             material = base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError):
@@ -152,33 +153,24 @@ class SecretKey:
             ConfigError: the file does not exist.
             FormatError: the file is not a modelshield key file.
         """
-        path = Path(path)
+        data = load_secret_file(path, max_bytes=MAX_KEY_FILE_BYTES, what="key file",
+                                missing_hint=f" (create one with `modelshield keygen --out {path}`)")
         try:
-            st = path.stat()
-        except FileNotFoundError:
-            raise ConfigError(f"key file {path} does not exist (create one with `modelshield keygen --out {path}`)") from None
-        if st.st_size > MAX_KEY_FILE_BYTES:
-            raise FormatError(f"{path}: {st.st_size} bytes is too large for a key file")
-        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            warnings.warn(f"key file {path} is accessible by other users; run `chmod 600 {path}`", stacklevel=2)
-        return cls.from_text(path.read_text(encoding="utf-8", errors="replace"), source=str(path))
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise FormatError(f"{path}: not a modelshield secret key file (not UTF-8 text)") from None
+        return cls.from_text(text, source=str(path))
 
     @classmethod
     def from_env(cls, variable: str = DEFAULT_KEY_ENV) -> SecretKey:
         """Read a base64 key (or key-file JSON) from an environment variable."""
-        value = os.environ.get(variable)
-        if not value:
-            raise ConfigError(f"environment variable {variable} is not set (expected a base64 key)")
-        return cls.from_text(value, source=f"${variable}")
+        return cls.from_text(secret_from_env(variable, expected="a base64 key"), source=f"${variable}")
 
     # -- use ----------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """Write the key file atomically with mode 0600; refuses to overwrite unless asked."""
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise ConfigError(f"{path} already exists; refusing to overwrite a key (pass overwrite=True / --force)")
-        doc = {"format": KEY_FILE_FORMAT, "version": KEY_FILE_VERSION, "key": self.to_base64()}
-        return atomic_write_bytes(path, (json.dumps(doc) + "\n").encode(), mode=0o600)
+        data = encode_header({"key": self.to_base64()}, KEY_FILE_SPEC) + b"\n"
+        return save_secret_file(path, data, what="key", overwrite=overwrite)
 
     def to_bytes(self) -> bytes:
         """Return the raw key material. Handle with care: never log it."""

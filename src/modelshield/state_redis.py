@@ -3,7 +3,8 @@
 :class:`RedisStateStore` implements the state-store protocol (``get`` / ``update`` / ``delete`` / ``keys``)
 with Redis's optimistic transactions: ``update`` WATCHes the key, reads it, runs the caller's pure function,
 and writes the result in a MULTI/EXEC block; when another writer changed the key in between, EXEC fails and
-the function runs again on the new value (so ``fn`` must be pure, as the protocol says). Every key lives
+the function runs again on the new value (so ``fn`` must be pure, as the contract in :mod:`modelshield.state`
+says); if ``fn`` raises, nothing is written. Every key lives
 under a namespace prefix (default ``modelshield:``), so one Redis database can hold other data too.
 
 Durability is the server's: run Redis with ``appendonly yes`` and ``appendfsync always`` so that EXEC
@@ -33,6 +34,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from modelshield.errors import ConfigError, ModelShieldError
+from modelshield.state import _check_key, _split
 
 __all__ = ["RedisServer", "RedisStateStore"]
 
@@ -91,6 +93,7 @@ class RedisStateStore:
 
     def get(self, key: str) -> bytes | None:
         """The stored value, or None."""
+        _check_key(key)
         value = self._call("GET", lambda: self._client.get(self._key(key)))
         return None if value is None else bytes(value)
 
@@ -99,7 +102,7 @@ class RedisStateStore:
 
         ``fn`` may run more than once (when another writer got in first); only the last run's result counts.
         """
-        name = self._key(key)
+        name = self._key(_check_key(key))
 
         def attempt() -> tuple[bool, Any]:
             with self._client.pipeline(transaction=True) as pipe:
@@ -107,7 +110,7 @@ class RedisStateStore:
                     try:
                         pipe.watch(name)
                         old = pipe.get(name)
-                        new, result = fn(None if old is None else bytes(old))
+                        new, result = _split(fn(None if old is None else bytes(old)))
                         pipe.multi()
                         if new is None:
                             pipe.delete(name)
@@ -128,6 +131,7 @@ class RedisStateStore:
 
     def delete(self, key: str) -> None:
         """Forget a key (no error if absent)."""
+        _check_key(key)
         self._call("DEL", lambda: self._client.delete(self._key(key)))
 
     def keys(self, prefix: str = "") -> list[str]:

@@ -1,35 +1,75 @@
-"""The auth suite forgets cached cells made under another embedding config."""
+"""The auth suite's cached cells follow the embedding config and the victim (the harness's cache keys).
+
+The expensive embedding is replaced by a fake that saves a tiny zoo model and a key bound to it, so the test
+checks the suite's bookkeeping: which cell is reused, which files it loads.
+"""
 
 from __future__ import annotations
 
-import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
-from modelshield.auth import AuthConfig
-from modelshield.bench.auth_suite import _drop_stale_cells
+import pytest
+import torch
+
+from modelshield.auth import AuthConfig, AuthKey
+from modelshield.bench import auth_suite
 from modelshield.bench.harness import BenchContext
+from modelshield.models import CheckpointMeta, build_model, save_checkpoint
 
 
-def _cells(ctx: BenchContext, config: AuthConfig) -> None:
-    ctx.cache_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("mnist_embed", "mnist_eval", "mnist_clean-timing", "fashion-mnist_eval"):
-        (ctx.cache_dir / f"{name}.json").write_text(json.dumps({"result": {"config": config.to_dict()}}))
-    (ctx.cache_dir / "mnist-protected.safetensors").write_bytes(b"x")
+@pytest.fixture()
+def fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> SimpleNamespace:
+    state = SimpleNamespace(victim="v1", embeds=[], ctx=BenchContext("auth", root=tmp_path, progress=False))
+    info = state.ctx.dataset("digits").info
+
+    def embed_cell(ctx: BenchContext, dataset: str, config: AuthConfig, model_path: Path, key_path: Path) -> dict[str, Any]:
+        state.embeds.append(config)
+        torch.manual_seed(config.tail_epochs)  # another config, other weights
+        model = build_model("lenet5", in_channels=info.in_channels, image_size=info.image_size,
+                            num_classes=info.num_classes, normalization=info.normalization)
+        save_checkpoint(model_path, model, CheckpointMeta.for_model(
+            "lenet5", in_channels=info.in_channels, image_size=info.image_size, num_classes=info.num_classes,
+            dataset="digits", normalization=info.normalization))
+        key = AuthKey.random((info.in_channels, info.image_size, info.image_size), info.normalization, "body.pool1",
+                             generator=torch.Generator().manual_seed(config.tail_epochs))
+        key.bound_to(model).save(key_path, overwrite=True)
+        return {"config": config.to_dict()}
+
+    monkeypatch.setattr(auth_suite, "_embed_cell", embed_cell)
+    monkeypatch.setattr(auth_suite, "victim", lambda ctx, dataset: SimpleNamespace(fingerprint=state.victim))
+    return state
 
 
-def test_cells_of_another_config_are_dropped_and_the_rest_kept(tmp_path) -> None:
-    ctx = BenchContext("auth", root=tmp_path, progress=False)
-    _cells(ctx, AuthConfig(tail_epochs=10))
-    _drop_stale_cells(ctx, "mnist", AuthConfig(tail_epochs=10))
-    assert len(list(ctx.cache_dir.iterdir())) == 5, "same config: everything is kept"
-    _drop_stale_cells(ctx, "mnist", AuthConfig(tail_epochs=8))
-    left = sorted(p.name for p in ctx.cache_dir.iterdir())
-    assert left == ["fashion-mnist_eval.json", "mnist_clean-timing.json"]
+def _protect(fake: SimpleNamespace, config: AuthConfig) -> tuple[AuthKey, dict[str, str]]:
+    _, _, key = auth_suite._protected(fake.ctx, "mnist", config)
+    return key, auth_suite._upstream(fake.ctx, "mnist", key)
 
 
-def test_a_cache_without_an_embed_cell_is_left_alone(tmp_path) -> None:
-    ctx = BenchContext("auth", root=tmp_path, progress=False)
-    _drop_stale_cells(ctx, "mnist", AuthConfig())  # no cache folder yet
-    ctx.cache_dir.mkdir(parents=True)
-    (ctx.cache_dir / "mnist_embed.json").write_text("{not json")
-    _drop_stale_cells(ctx, "mnist", AuthConfig())
-    assert (ctx.cache_dir / "mnist_embed.json").exists()
+def test_the_embed_cell_follows_the_config_and_keeps_each_configs_files(fake: SimpleNamespace) -> None:
+    a, b = AuthConfig(tail_epochs=10), AuthConfig(tail_epochs=8)
+    key_a, up_a = _protect(fake, a)
+    assert _protect(fake, a)[1] == up_a and fake.embeds == [a], "same config: reused"
+    key_b, up_b = _protect(fake, b)
+    assert fake.embeds == [a, b], "another config: embedded again"
+    assert up_a["protected"] != up_b["protected"] and up_a["key"] != up_b["key"]
+    assert _protect(fake, a)[1] == up_a and fake.embeds == [a, b], "back to the first config: its own files"
+    assert len(list(fake.ctx.cache_dir.glob("mnist-*-protected.safetensors"))) == 2
+    eval_config = {"auth": a, "random_keys": 10}
+    assert fake.ctx.cell_key("mnist/eval", eval_config, up_a) != fake.ctx.cell_key("mnist/eval", eval_config, up_b), \
+        "cells computed from the protected model follow it"
+
+
+def test_a_retrained_victim_or_lost_files_embed_again(fake: SimpleNamespace) -> None:
+    config = AuthConfig()
+    _protect(fake, config)
+    fake.victim = "v2"
+    _protect(fake, config)
+    assert len(fake.embeds) == 2, "another victim: embedded again"
+    for path in fake.ctx.cache_dir.glob("*.authkey"):
+        path.unlink()
+    _protect(fake, config)
+    assert len(fake.embeds) == 3, "the cell survived but its key file did not"
+    _protect(fake, config)
+    assert len(fake.embeds) == 3

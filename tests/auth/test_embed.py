@@ -51,7 +51,7 @@ def test_key_is_bound_to_the_protected_model(protected: Protected) -> None:
         key.check_model(protected.clean)
     with pytest.raises(ConfigError, match="fingerprint"):
         key.bind(protected.clean)
-    with pytest.raises(ConfigError, match="N x 1x12x12"):
+    with pytest.raises(ConfigError, match="must have shape \\(N, 1, 12, 12\\)"):
         key.apply(torch.rand(2, 1, 8, 8))
 
 

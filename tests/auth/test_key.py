@@ -79,7 +79,7 @@ def test_key_never_shows_itself_and_refuses_pickle() -> None:
 
 def test_input_shape_is_checked() -> None:
     key = _key()
-    with pytest.raises(ConfigError, match="N x 3x5x6"):
+    with pytest.raises(ConfigError, match="images must have shape \\(N, 3, 5, 6\\), got \\(2, 1, 5, 6\\)"):
         key.apply(torch.rand(2, 1, 5, 6))
     with pytest.raises(ConfigError):
         key.apply_normalized(torch.rand(3, 5, 6))
@@ -98,16 +98,16 @@ def _with_header(data: bytes, edit) -> bytes:  # type: ignore[no-untyped-def]
 
 def test_malformed_files_are_format_errors(tmp_path) -> None:
     data = _key().to_bytes()
+    # truncation, versions, duplicate keys, NaN and foreign files: tests/formats/test_malformed.py
     cases = {
-        "truncated": data[:5],
-        "cut": data[: len(data) // 2],
-        "foreign": b"\x10\x00\x00\x00\x00\x00\x00\x00" + b'{"a": 1}        ',
-        "version": _with_header(data, lambda h, m: m.update(version=2)),
-        "shape": _with_header(data, lambda h, m: m.update(input_shape=[3, 5, 7])),
-        "dtype": _with_header(data, lambda h, m: h["mask"].update(dtype="F64")),
+        "shape": (_with_header(data, lambda h, m: m.update(input_shape=[3, 5, 7])), "tensor 'mask': expected float32 of shape"),
+        "dtype": (_with_header(data, lambda h, m: h["mask"].update(dtype="F64")), "header field mask.data_offsets"),
+        "tensors": (_with_header(data, lambda h, m: h.update(extra=h["mask"])), "safetensors data is not tiled exactly"),
+        "gate": (_with_header(data, lambda h, m: m.update(gate=3)), "header field gate: expected a string"),
+        "theta": (_with_header(data, lambda h, m: m.update(theta=0)), "header field theta: expected a number"),
     }
-    for name, blob in cases.items():
-        with pytest.raises(FormatError):
+    for name, (blob, message) in cases.items():
+        with pytest.raises(FormatError, match=message):
             AuthKey.from_bytes(blob, source=name)
     with pytest.raises(ConfigError, match="does not exist"):
         AuthKey.load(tmp_path / "missing.authkey")
@@ -125,3 +125,20 @@ def test_constructor_validates() -> None:
         AuthKey(torch.full((1, 4, 4), float("nan")), torch.zeros(1, 4, 4), Normalization.identity(1), "g")
     with pytest.raises(ConfigError, match="channels"):
         AuthKey(torch.zeros(1, 4, 4), torch.zeros(2, 4, 4), Normalization.identity(1), "g")
+
+
+def test_apply_takes_numpy_and_converts_uint8_explicitly() -> None:
+    key = _key()
+    pixels = torch.randint(0, 256, (4, 3, 5, 6), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
+    raw = pixels.float() / 255
+    expected = key.apply(raw)
+    for given in (pixels, pixels.numpy(), raw.numpy(), raw.double().numpy()):
+        assert torch.allclose(key.apply(given), expected, atol=1e-6)
+    # the old behaviour read 0-255 as raw values: keyed pixels up to ~255 instead of within about theta of [0, 1]
+    assert float(key.apply(pixels).abs().max()) < 3.0
+    z = NORM.apply(raw)
+    assert torch.allclose(key.apply_normalized(z.numpy()), key.apply_normalized(z))
+    with pytest.raises(ConfigError, match="got uint8 pixels: pass raw images to AuthKey.apply"):
+        key.apply_normalized(pixels)
+    with pytest.raises(ConfigError, match="must be a torch tensor or numpy array, got list"):
+        key.apply([[0.0]])

@@ -10,6 +10,7 @@ import torch
 from modelshield.defense import (
     GaussianNoiseDefense,
     NoDefense,
+    ProtectedModel,
     QueenConfig,
     ReverseSigmoidDefense,
     RoundingDefense,
@@ -25,20 +26,20 @@ from modelshield.oracle import ModelOracle
 def test_strength_zero_equals_undefended(tiny, defense) -> None:  # type: ignore[no-untyped-def]
     model, _, held = tiny
     expected = torch.softmax(model(held.x), dim=1)
-    assert torch.allclose(ModelOracle(model, defense)(held.x), expected, atol=1e-6)
+    assert torch.allclose(ModelOracle(ProtectedModel(model, defense))(held.x), expected, atol=1e-6)
 
 
 def test_rounding_to_many_decimals_equals_undefended(tiny) -> None:  # type: ignore[no-untyped-def]
     model, _, held = tiny
     expected = torch.softmax(model(held.x), dim=1)
-    assert torch.allclose(ModelOracle(model, RoundingDefense(decimals=8))(held.x), expected, atol=1e-7)
+    assert torch.allclose(ModelOracle(ProtectedModel(model, RoundingDefense(decimals=8)))(held.x), expected, atol=1e-7)
 
 
 def test_queen_at_strength_zero_equals_undefended(tiny, artifacts) -> None:  # type: ignore[no-untyped-def]
     model, _, held = tiny
     off = build_defense("queen", model=model, artifacts=artifacts,
                         queen=QueenConfig(threshold_queries=None, coverage_threshold=math.inf, perturb_steps=0))
-    oracle = ModelOracle(model, off, batch_size=64)
+    oracle = ModelOracle(ProtectedModel(model, off), batch_size=64)
     for _ in range(3):  # repeated floods never trigger anything
         assert torch.allclose(oracle(held.x), torch.softmax(model(held.x), dim=1), atol=1e-6)
 
@@ -48,10 +49,10 @@ def test_baselines_do_something_at_default_strength(tiny) -> None:  # type: igno
     with torch.no_grad():
         p = torch.softmax(model(held.x), dim=1)
     for defense in (ReverseSigmoidDefense(), GaussianNoiseDefense()):
-        out = ModelOracle(model, defense)(held.x)
+        out = ModelOracle(ProtectedModel(model, defense))(held.x)
         assert (out - p).abs().sum(1).mean() > 0.01, defense.name
         assert (out >= 0).all()
-    top1 = ModelOracle(model, TopOneDefense())(held.x)
+    top1 = ModelOracle(ProtectedModel(model, TopOneDefense()))(held.x)
     assert torch.equal(top1.argmax(1), p.argmax(1)) and torch.equal(top1.sum(1), torch.ones(len(held)))
     assert set(top1.unique().tolist()) == {0.0, 1.0}
     rounded = RoundingDefense(decimals=1).answer(held.x, torch.log(torch.tensor([[0.62, 0.33, 0.05]])), p, "c")

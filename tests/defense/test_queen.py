@@ -11,17 +11,18 @@ import torch
 import torch.nn.functional as F
 
 from modelshield.defense import (
+    ProtectedModel,
     QueenClientState,
     QueenConfig,
     QueenDefense,
-    SQLiteStateStore,
     load_queen_artifacts,
 )
 from modelshield.defense.features import FeatureSplit
 from modelshield.defense.queen import decide_batch, perturb_probabilities, reverse_probabilities
 from modelshield.defense.shadow import train_shadows
-from modelshield.errors import ConfigError, FormatError
+from modelshield.errors import ConfigError
 from modelshield.oracle import ModelOracle
+from modelshield.state import SQLiteStateStore
 
 
 def naive_decisions(classes, z, in_region, inc, *, k, radius, threshold, threshold_queries):  # type: ignore[no-untyped-def]
@@ -106,7 +107,7 @@ def test_reversed_answers_push_a_pirate_the_wrong_way(tiny, artifacts) -> None: 
     model, train, held = tiny
     with torch.no_grad():
         truth = torch.softmax(model(held.x), 1)
-    reversed_answers = ModelOracle(model, _all_reversed(model, artifacts))(held.x)
+    reversed_answers = ModelOracle(ProtectedModel(model, _all_reversed(model, artifacts)))(held.x)
     assert not torch.allclose(reversed_answers, truth, atol=0.05)
     # a half-trained pirate of the kind the shadows stand for, but trained independently (other seed, other data)
     pirate = train_shadows(train, num_classes=4, count=1, samples=256, lr=1e-2, seed=99,
@@ -129,9 +130,9 @@ def test_batch_answers_equal_one_query_at_a_time(tiny, artifacts) -> None:  # ty
     model, _, held = tiny
     config = QueenConfig(novelty_radius=0.005, threshold_queries=3, shadows_per_answer=len(artifacts.shadows))
     x = held.x[:120]
-    batched = ModelOracle(model, QueenDefense.for_model(model, artifacts, config), batch_size=120)(x)
+    batched = ModelOracle(ProtectedModel(model, QueenDefense.for_model(model, artifacts, config)), batch_size=120)(x)
     single_defense = QueenDefense.for_model(model, artifacts, config)
-    single = ModelOracle(model, single_defense, batch_size=1)(x)
+    single = ModelOracle(ProtectedModel(model, single_defense), batch_size=1)(x)
     assert torch.allclose(batched, single, atol=1e-5)
     state = single_defense.client_state("client-0")
     assert state.reversed.sum() > 0 and state.queries == 120
@@ -142,13 +143,13 @@ def test_clients_are_isolated_and_state_persists(tiny, artifacts, tmp_path, stor
     model, _, held = tiny
     make_store = (lambda: SQLiteStateStore(tmp_path / "state.db")) if store_kind == "sqlite" else (lambda: None)
     defense = _all_reversed(model, artifacts, make_store())
-    mallory = ModelOracle(model, defense, client_id="mallory")(held.x)
+    mallory = ModelOracle(ProtectedModel(model, defense), client_id="mallory")(held.x)
     assert defense.client_state("mallory").reversed.sum() > 0.5 * len(held)
     assert (mallory.argmax(1) != model(held.x).argmax(1)).any()
     # alice's first query is judged on her own (empty) state: threshold 0 means her novel in-region
     # queries are reversed too, so compare with a brand-new defense instead of with "no reversal"
-    alice = ModelOracle(model, defense, client_id="alice")(held.x[:30])
-    fresh = ModelOracle(model, _all_reversed(model, artifacts), client_id="alice")(held.x[:30])
+    alice = ModelOracle(ProtectedModel(model, defense), client_id="alice")(held.x[:30])
+    fresh = ModelOracle(ProtectedModel(model, _all_reversed(model, artifacts)), client_id="alice")(held.x[:30])
     assert torch.allclose(alice, fresh, atol=1e-6)
     assert defense.client_state("alice").queries == 30 and defense.client_state("mallory").queries == len(held)
     if store_kind == "sqlite":
@@ -162,9 +163,10 @@ def test_a_flooding_client_does_not_change_another_clients_answers(tiny, artifac
     model, _, held = tiny
     config = QueenConfig(novelty_radius=0.0, threshold_queries=10, beta=100.0)
     defense = QueenDefense.for_model(model, artifacts, config)
-    benign_alone = ModelOracle(model, QueenDefense.for_model(model, artifacts, config), client_id="alice")(held.x[:20])
-    ModelOracle(model, defense, client_id="mallory")(held.x)  # mallory floods first
-    benign = ModelOracle(model, defense, client_id="alice")(held.x[:20])
+    alone = ProtectedModel(model, QueenDefense.for_model(model, artifacts, config))
+    benign_alone = ModelOracle(alone, client_id="alice")(held.x[:20])
+    ModelOracle(ProtectedModel(model, defense), client_id="mallory")(held.x)  # mallory floods first
+    benign = ModelOracle(ProtectedModel(model, defense), client_id="alice")(held.x[:20])
     assert torch.allclose(benign, benign_alone, atol=1e-6)
     assert torch.equal(benign.argmax(1), model(held.x[:20]).argmax(1))  # 20 < 10 per class x 4 classes: no reversal
 
@@ -173,24 +175,15 @@ def test_artifacts_round_trip_and_validation(tiny, artifacts, tmp_path) -> None:
     model, _, held = tiny
     path = artifacts.save(tmp_path / "queen.safetensors")
     loaded = load_queen_artifacts(path)
-    a = ModelOracle(model, _all_reversed(model, artifacts))(held.x)
-    b = ModelOracle(model, _all_reversed(model, loaded))(held.x)
+    a = ModelOracle(ProtectedModel(model, _all_reversed(model, artifacts)))(held.x)
+    b = ModelOracle(ProtectedModel(model, _all_reversed(model, loaded)))(held.x)
     assert torch.allclose(a, b, atol=1e-6) and loaded.record["config"] == artifacts.record["config"]
     other = copy.deepcopy(model)
     with torch.no_grad():
         other.classifier.bias.add_(1.0)
     with pytest.raises(ConfigError, match="fitted for model"):
         QueenDefense.for_model(other, loaded)
-    data = path.read_bytes()
-    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(FormatError):
-        load_queen_artifacts(tmp_path / "cut.safetensors")
-    from modelshield.models import CheckpointMeta, save_checkpoint
-
-    ck = save_checkpoint(tmp_path / "model.safetensors", model, CheckpointMeta.for_model(
-        "lenet5", in_channels=1, image_size=8, num_classes=4, dataset="synthetic"))
-    with pytest.raises(FormatError, match="not a QUEEN artefact"):
-        load_queen_artifacts(ck)
+    # truncated, foreign and hostile files: tests/formats/test_malformed.py
     with pytest.raises(ConfigError, match="do not exist"):
         load_queen_artifacts(tmp_path / "missing.safetensors")
 

@@ -8,10 +8,11 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from modelshield.defense import InMemoryStateStore, NoDefense
+from modelshield.defense import NoDefense, ProtectedModel
 from modelshield.models import build_model
 from modelshield.serve import ClientRegistry, ClientSpec, ServeConfig, create_app
-from modelshield.serve._compat import ProtectedModel
+from modelshield.serve.metrics import ActionRecorder
+from modelshield.state import InMemoryStateStore
 
 NAME = "digits"
 
@@ -29,7 +30,7 @@ def env():  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
     model = build_model("lenet5", in_channels=1, image_size=8, num_classes=10).eval()
     store = InMemoryStateStore()
-    protected = ProtectedModel(model, NoDefense(), store=store, input_shape=(1, 8, 8))
+    protected = ProtectedModel(model, ActionRecorder(NoDefense()), store=store, input_shape=(1, 8, 8))
     clock = Clock()
     registry = ClientRegistry(store, clock=clock)
     app = create_app(protected, registry, ServeConfig(model_name=NAME, max_images=16, max_body_bytes=64_000))

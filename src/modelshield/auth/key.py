@@ -12,6 +12,10 @@ so ``m`` lies in [0.0003, 0.5] and no pixel is more than half key. Two entry poi
   ``r'`` with ``normalize(r') = key(normalize(r))``, so the unchanged protected model can be called on them:
   ``model(key.apply(r))``. ``r'`` may leave [0, 1]; do not clip it.
 
+Both take a torch tensor or a numpy array; :meth:`AuthKey.apply` converts a uint8 (0-255) batch explicitly
+with :func:`~modelshield.images.as_image_batch`, and :meth:`AuthKey.apply_normalized` refuses uint8 (a
+normalised batch is never uint8 pixels).
+
 Key file (version 1): a safetensors file holding float32 tensors ``mask`` (raw M, 1xHxW) and ``offset``
 (P, CxHxW), with JSON metadata under ``modelshield-auth-key``::
 
@@ -19,7 +23,9 @@ Key file (version 1): a safetensors file holding float32 tensors ``mask`` (raw M
      "normalization": {"mean": [...], "std": [...]}, "gate": "body.pool2",
      "model_fingerprint": "<32 hex>" | null, "bits": [...], "theta": 0.5}
 
-written atomically with mode 0600 and never unpickled. The header is validated before any tensor is read.
+written atomically with mode 0600 and never unpickled. The safetensors header and this metadata are checked
+with the shared rules of :mod:`modelshield.container` (caps, strict JSON, exact keys, the tensors' names,
+dtypes and shapes) before any tensor is read.
 
 Example:
     >>> import os, tempfile, torch
@@ -40,25 +46,32 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import math
 import os
-import stat
-import struct
-import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 from torch import nn
 
-from modelshield._io import atomic_write_bytes
+from modelshield.container import (
+    Fields,
+    HeaderSpec,
+    load_secret_file,
+    metadata_entry,
+    metadata_header,
+    read_safetensors_header,
+    save_secret_file,
+    secret_from_env,
+)
 from modelshield.data.types import Normalization
 from modelshield.errors import ConfigError, FormatError
-from modelshield.models.checkpoint import state_dict_fingerprint
+from modelshield.images import as_image_batch
+from modelshield.models.checkpoint import read_normalization, state_dict_fingerprint
 
 __all__ = ["AUTH_KEY_ENV", "AuthKey", "KeyedModel", "mask_from_raw", "model_fingerprint"]
 
@@ -70,6 +83,8 @@ SHARPNESS = 8.0
 DEFAULT_THETA = 0.5
 _MAX_FILE_BYTES = 64 << 20
 _MAX_HEADER_BYTES = 1 << 16
+SPEC = HeaderSpec("AuthNet key file", KEY_FORMAT, KEY_VERSION, required={"input_shape", "normalization", "gate"},
+                  optional={"model_fingerprint", "bits", "theta"}, max_bytes=_MAX_HEADER_BYTES)
 
 
 def mask_from_raw(raw: torch.Tensor) -> torch.Tensor:
@@ -161,11 +176,13 @@ class AuthKey:
         """The effective mask ``m`` in [0.0003, 0.5], shape (1, H, W)."""
         return mask_from_raw(self.mask_raw)
 
-    def check_input(self, x: torch.Tensor) -> None:
-        """Raise ConfigError unless ``x`` is an NCHW batch of the key's input shape."""
-        if x.dim() != 4 or tuple(x.shape[1:]) != self.input_shape:
-            want = "x".join(map(str, self.input_shape))
-            raise ConfigError(f"this key is for N x {want} batches, got shape {tuple(x.shape)}")
+    def check_input(self, x: Any, *, what: str = "images") -> torch.Tensor:
+        """``x`` as a float32 NCHW batch of the key's input shape (tensor or numpy; uint8 divided by 255).
+
+        Raises:
+            ConfigError: not an image batch of the key's (C, H, W), or non-finite values.
+        """
+        return as_image_batch(x, what=what, shape=self.input_shape)
 
     def check_model(self, model: nn.Module) -> None:
         """Raise ConfigError unless ``model``'s weights have the fingerprint the key was made for."""
@@ -176,15 +193,32 @@ class AuthKey:
             raise ConfigError(f"this key belongs to the model with fingerprint {self.model_fingerprint}, "
                               f"got a model with fingerprint {got}: use the protected model the key was made with")
 
-    def apply_normalized(self, z: torch.Tensor) -> torch.Tensor:
-        """``key(z) = (1 - m) * z + m * P`` on a *normalised* NCHW batch."""
-        self.check_input(z)
+    def apply_normalized(self, z: Any) -> torch.Tensor:
+        """``key(z) = (1 - m) * z + m * P`` on a *normalised* float NCHW batch (tensor or numpy).
+
+        Raises:
+            ConfigError: a uint8 batch (pixels are raw, not normalised: use :meth:`apply`), or a wrong shape.
+        """
+        if getattr(z, "dtype", None) in (torch.uint8, np.uint8):
+            raise ConfigError("apply_normalized takes normalised float batches, got uint8 pixels: pass raw images to "
+                              "AuthKey.apply, which converts 0-255 explicitly")
+        z = self.check_input(z, what="normalised inputs")
         m = self.mask.to(z.device, z.dtype)
         return (1 - m) * z + m * self.offset.to(z.device, z.dtype)
 
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
-        """Keyed images in *raw* space: ``normalize(apply(x)) = key(normalize(x))`` for a raw NCHW batch."""
-        self.check_input(x)
+    def apply(self, x: Any) -> torch.Tensor:
+        """Keyed images in *raw* space: ``normalize(apply(x)) = key(normalize(x))`` for a raw NCHW batch.
+
+        ``x`` is a torch tensor or numpy array of [0, 1] floats, or uint8 0-255 (divided by 255 first).
+
+        Example:
+            >>> import numpy as np
+            >>> key = AuthKey.random((1, 2, 2), Normalization.identity(1), generator=torch.Generator().manual_seed(0))
+            >>> white = np.full((1, 1, 2, 2), 255, dtype=np.uint8)
+            >>> torch.equal(key.apply(white), key.apply(torch.ones(1, 1, 2, 2)))
+            True
+        """
+        x = self.check_input(x)
         return self.normalization.invert(self.apply_normalized(self.normalization.apply(x)))
 
     def bind(self, model: nn.Module, *, verify: bool = True) -> KeyedModel:
@@ -208,21 +242,17 @@ class AuthKey:
 
     # -- files --------------------------------------------------------------------------------
     def _metadata(self) -> dict[str, Any]:
-        return {"format": KEY_FORMAT, "version": KEY_VERSION, "input_shape": list(self.input_shape),
-                "normalization": self.normalization.to_dict(), "gate": self.gate,
+        return {"input_shape": list(self.input_shape), "normalization": self.normalization.to_dict(), "gate": self.gate,
                 "model_fingerprint": self.model_fingerprint, "bits": list(self.bits), "theta": self.theta}
 
     def to_bytes(self) -> bytes:
         """The key file's bytes. Handle with care: never log them."""
         return safetensors_save({"mask": self.mask_raw, "offset": self.offset},
-                                metadata={KEY_FORMAT: json.dumps(self._metadata(), sort_keys=True)})
+                                metadata=metadata_entry(self._metadata(), KEY_FORMAT, SPEC))
 
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """Write the key file atomically with mode 0600; refuses to overwrite unless asked."""
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise ConfigError(f"{path} already exists; refusing to overwrite a key (pass overwrite=True / --force)")
-        return atomic_write_bytes(path, self.to_bytes(), mode=0o600)
+        return save_secret_file(path, self.to_bytes(), what="key", overwrite=overwrite)
 
     def to_base64(self) -> str:
         """The key file as base64 text, for an environment variable. Never log it."""
@@ -237,20 +267,14 @@ class AuthKey:
         """
         meta = _read_header(data, source)
         try:
-            tensors = safetensors_load(data)
+            tensors = safetensors_load(bytes(data))
         except (SafetensorError, ValueError, RuntimeError) as exc:
             raise FormatError(f"{source}: corrupt key file ({exc})") from None
         try:
-            norm = Normalization.from_dict(meta["normalization"])
-            shape = tuple(int(v) for v in meta["input_shape"])
-            if tensors["offset"].shape != shape or tensors["mask"].shape != (1, *shape[1:]):
-                raise ConfigError(f"tensor shapes {tuple(tensors['mask'].shape)}, {tuple(tensors['offset'].shape)} "
-                                  f"do not match input_shape {list(shape)}")
-            fingerprint = meta.get("model_fingerprint")
-            return cls(tensors["mask"], tensors["offset"], norm, str(meta["gate"]),
-                       model_fingerprint=None if fingerprint is None else str(fingerprint),
-                       bits=tuple(int(b) for b in meta.get("bits", [])), theta=float(meta.get("theta", DEFAULT_THETA)))
-        except (KeyError, TypeError, ValueError) as exc:
+            return cls(tensors["mask"], tensors["offset"], meta["normalization"], meta["gate"],
+                       model_fingerprint=meta.get("model_fingerprint"), bits=tuple(meta.get("bits", ())),
+                       theta=meta.get("theta", DEFAULT_THETA))
+        except ConfigError as exc:
             raise FormatError(f"{source}: malformed auth key ({exc})") from None
 
     @classmethod
@@ -261,25 +285,16 @@ class AuthKey:
             ConfigError: the file does not exist.
             FormatError: not an AuthNet key file.
         """
-        path = Path(path)
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            raise ConfigError(f"auth key file {path} does not exist (make one with `modelshield auth embed`)") from None
-        if st.st_size > _MAX_FILE_BYTES:
-            raise FormatError(f"{path}: {st.st_size} bytes is too large for an auth key file")
-        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            warnings.warn(f"auth key file {path} is accessible by other users; run `chmod 600 {path}`", stacklevel=2)
-        return cls.from_bytes(path.read_bytes(), source=str(path))
+        data = load_secret_file(path, max_bytes=_MAX_FILE_BYTES, what="auth key file",
+                                missing_hint=" (make one with `modelshield auth embed`)")
+        return cls.from_bytes(data, source=str(path))
 
     @classmethod
     def from_env(cls, variable: str = AUTH_KEY_ENV) -> AuthKey:
         """Read a key from an environment variable holding the key file as base64."""
-        value = os.environ.get(variable)
-        if not value:
-            raise ConfigError(f"environment variable {variable} is not set (expected a base64 auth key file)")
+        value = secret_from_env(variable, expected="a base64 auth key file")
         try:
-            data = base64.b64decode(value.strip(), validate=True)
+            data = base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
             raise FormatError(f"${variable}: not valid base64") from None
         return cls.from_bytes(data, source=f"${variable}")
@@ -304,29 +319,27 @@ class AuthKey:
 
 
 def _read_header(data: bytes, source: str) -> dict[str, Any]:
-    if len(data) < 8:
-        raise FormatError(f"{source}: {len(data)} bytes is too short for an auth key file")
-    (size,) = struct.unpack("<Q", data[:8])
-    if size > _MAX_HEADER_BYTES or 8 + size > len(data):
-        raise FormatError(f"{source}: header of {size} bytes does not fit the file ({len(data)} bytes)")
-    try:
-        header = json.loads(data[8 : 8 + size])
-        meta = json.loads(header["__metadata__"][KEY_FORMAT])
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-        raise FormatError(f"{source}: not a modelshield auth key (no {KEY_FORMAT!r} metadata)") from None
-    if not isinstance(meta, dict) or meta.get("format") != KEY_FORMAT:
-        raise FormatError(f"{source}: not a modelshield auth key")
-    if meta.get("version") != KEY_VERSION:
-        raise FormatError(f"{source}: auth key version {meta.get('version')!r} is not supported (expected {KEY_VERSION})")
-    names = {k for k in header if k != "__metadata__"}
-    if names != {"mask", "offset"}:
-        raise FormatError(f"{source}: expected tensors mask and offset, found {', '.join(sorted(names)) or 'none'}")
-    for name in names:
-        entry = header[name]
-        if not isinstance(entry, dict) or entry.get("dtype") != "F32":
-            raise FormatError(f"{source}: tensor {name!r} must be float32, got {entry.get('dtype') if isinstance(entry, dict) else entry!r}")
-        if int(math.prod(entry.get("shape", [0]))) > (1 << 24):
-            raise FormatError(f"{source}: tensor {name!r} is too large for a key")
+    """The checked metadata, with ``normalization`` parsed; the tensors' names, dtypes and shapes checked too."""
+    header = read_safetensors_header(data, source=source, max_bytes=_MAX_HEADER_BYTES)
+    meta = metadata_header(header, KEY_FORMAT, SPEC, source)
+    fields = Fields(source)
+    c, h, w = fields.int_list(meta, "input_shape", 1, 1 << 12, length=3)
+    meta["normalization"] = read_normalization(fields, meta)
+    fields.string(meta, "gate", max_chars=1024)
+    if "model_fingerprint" in meta:
+        fields.string(meta, "model_fingerprint", max_chars=64, nullable=True)
+    if "bits" in meta:
+        fields.int_list(meta, "bits", 0, 1 << 20, max_items=1 << 16)
+    if "theta" in meta:
+        fields.number(meta, "theta", 1e-12, 10.0)
+    expected = {"mask": (1, h, w), "offset": (c, h, w)}
+    if set(header.tensors) != set(expected):
+        raise FormatError(f"{source}: expected tensors mask and offset, found {', '.join(sorted(header.tensors)) or 'none'}")
+    for name, shape in expected.items():
+        info = header.tensors[name]
+        if info.dtype != "F32" or info.shape != shape:
+            raise FormatError(f"{source}: tensor {name!r}: expected float32 of shape {shape} (input_shape {[c, h, w]}), "
+                              f"got {info.dtype} of shape {info.shape}")
     return meta
 
 

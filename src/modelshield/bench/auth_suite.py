@@ -39,12 +39,12 @@ from modelshield.attacks.removal import finetune_model, prune_global_magnitude, 
 from modelshield.attacks.removal.quantize import quantized_linear_count
 from modelshield.auth import AuthConfig, AuthKey, KeyGenConfig, channel_means, embed, generate_key, select_bits
 from modelshield.auth.evaluation import accuracy_with_key, evaluate_auth
-from modelshield.bench.harness import BenchContext, SuiteReport, markdown_table
+from modelshield.bench.harness import BenchContext, Criterion, SuiteReport, markdown_table
 from modelshield.bench.train_suite import QUICK_TRAIN_SIZE, VICTIMS, victim
 from modelshield.data import TensorData
 from modelshield.errors import ConfigError
 from modelshield.models import build_model, load_checkpoint, save_checkpoint
-from modelshield.training import TrainConfig, evaluate, seed_everything, torch_threads, train_model
+from modelshield.training import TrainConfig, evaluate, seed_everything, train_model
 
 __all__ = ["CONFIGS", "independent_key", "run"]
 
@@ -66,6 +66,7 @@ GATE_STUDY = {"mnist": ("body.pool1", "body.pool2"), "fashion-mnist": ("body.blo
 # the study's settings where they differ from the main run (a VGG tail after block2 holds most of the network)
 GATE_STUDY_OVERRIDES: dict[str, dict[str, Any]] = {"mnist": {}, "fashion-mnist": {}}
 RANDOM_KEYS, QUICK_RANDOM_KEYS = 10, 3
+GATE_RANDOM_KEYS, GATE_SECOND_KEYS = 5, 1
 SECOND_KEYS, QUICK_SECOND_KEYS = 3, 1
 PRUNE = (0.1, 0.2, 0.3, 0.4, 0.5)
 QUICK_PRUNE = (0.3,)
@@ -84,6 +85,7 @@ SECOND_KEY_MAX = 0.20
 TRANSFORM_LEGIT_DROP_MAX = 2.0  # points, vs the unmodified protected model
 TRANSFORM_UNAUTH_MAX = 0.20
 COST_RATIO_MAX = 0.5
+LATENCY_REPEATS, LATENCY_ROUNDS, LATENCY_BATCH = 10, 5, 256
 
 
 def _config(ctx: BenchContext, dataset: str) -> AuthConfig:
@@ -91,8 +93,9 @@ def _config(ctx: BenchContext, dataset: str) -> AuthConfig:
     return replace(base, seed=ctx.seed)
 
 
-def _paths(ctx: BenchContext, dataset: str, tag: str = "") -> tuple[Path, Path]:
-    stem = f"{dataset}{tag}-protected"
+def _paths(ctx: BenchContext, dataset: str, tag: str, cell_key: str) -> tuple[Path, Path]:
+    """Where the embed cell with this cache key keeps its protected model and key (one pair per key)."""
+    stem = f"{dataset}{tag}-{cell_key[:16]}-protected"
     return ctx.cache_dir / f"{stem}.safetensors", ctx.cache_dir / f"{stem}.authkey"
 
 
@@ -102,12 +105,11 @@ def _timed(fn):  # type: ignore[no-untyped-def]
     return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def _embed_cell(ctx: BenchContext, dataset: str, config: AuthConfig, tag: str = "") -> dict[str, Any]:
+def _embed_cell(ctx: BenchContext, dataset: str, config: AuthConfig, model_path: Path, key_path: Path) -> dict[str, Any]:
     checkpoint, _ = victim(ctx, dataset)
     bundle = ctx.dataset(dataset)
-    with torch_threads(THREADS):
+    with ctx.torch_threads(THREADS):
         result, wall, cpu = _timed(lambda: embed(checkpoint.model, bundle.train, bundle.val, config=config, progress=ctx.progress))
-    model_path, key_path = _paths(ctx, dataset, tag)
     meta = replace(checkpoint.meta, extra={**checkpoint.meta.extra, "auth": {"gate": result.split.gate, "config": config.to_dict()}})
     save_checkpoint(model_path, result.model, meta)
     result.key.save(key_path, overwrite=True)
@@ -120,16 +122,20 @@ def _embed_cell(ctx: BenchContext, dataset: str, config: AuthConfig, tag: str = 
 
 
 def _protected(ctx: BenchContext, dataset: str, config: AuthConfig, tag: str = "") -> tuple[dict[str, Any], torch.nn.Module, AuthKey]:
-    name = f"{dataset}/embed{tag}"
-    record = ctx.cell(name, lambda: _embed_cell(ctx, dataset, config, tag))
-    model_path, key_path = _paths(ctx, dataset, tag)
-    if not (model_path.exists() and key_path.exists()):  # the cell survived but its files did not: redo it
-        (ctx.cache_dir / f"{name.replace('/', '_')}.json").unlink(missing_ok=True)
-        record = ctx.cell(name, lambda: _embed_cell(ctx, dataset, config, tag))
+    """The embed cell for ``config`` (computed once per config and victim) and the protected model and key it kept."""
+    name, cell_config, upstream = f"{dataset}/embed{tag}", {"auth": config}, {"victim": victim(ctx, dataset).fingerprint}
+    model_path, key_path = _paths(ctx, dataset, tag, ctx.cell_key(name, cell_config, upstream))
+    record = ctx.cell(name, lambda: _embed_cell(ctx, dataset, config, model_path, key_path), config=cell_config,
+                      upstream=upstream, reuse_if=lambda _: model_path.exists() and key_path.exists())
     model = load_checkpoint(model_path).model
     key = AuthKey.load(key_path)
     key.check_model(model)
     return record, model, key
+
+
+def _upstream(ctx: BenchContext, dataset: str, key: AuthKey) -> dict[str, str]:
+    """Upstream fingerprints of the cells computed from a protected model: the victim, the protected weights, the key."""
+    return {"victim": victim(ctx, dataset).fingerprint, "protected": str(key.model_fingerprint), "key": key.fingerprint}
 
 
 def _clean_timing(ctx: BenchContext, dataset: str) -> dict[str, Any]:
@@ -148,7 +154,7 @@ def _clean_timing(ctx: BenchContext, dataset: str) -> dict[str, Any]:
     seed_everything(ctx.seed)
     model = build_model(architecture, in_channels=info.in_channels, image_size=info.image_size,
                         num_classes=info.num_classes, normalization=info.normalization)
-    with torch_threads(THREADS):
+    with ctx.torch_threads(THREADS):
         result, wall, cpu = _timed(lambda: train_model(model, train, val=bundle.val, config=config, progress=ctx.progress,
                                                        description=f"clean {architecture}/{dataset}"))
     return {"wall_seconds": wall * scale, "cpu_seconds": cpu * scale, "measured_wall_seconds": wall,
@@ -179,7 +185,7 @@ def independent_key(model: torch.nn.Module, key: AuthKey, train: TensorData, con
 def _eval_cell(ctx: BenchContext, dataset: str, model: torch.nn.Module, key: AuthKey, config: AuthConfig) -> dict[str, Any]:
     checkpoint, record = victim(ctx, dataset)
     bundle = ctx.dataset(dataset)
-    with torch_threads(THREADS):
+    with ctx.torch_threads(THREADS):
         report = evaluate_auth(model, key, bundle.test, random_keys=QUICK_RANDOM_KEYS if ctx.quick else RANDOM_KEYS,
                                seed=ctx.seed + 1, verify=True)
         second = _second_keys(ctx, dataset, model, key, config, QUICK_SECOND_KEYS if ctx.quick else SECOND_KEYS)
@@ -190,22 +196,24 @@ def _eval_cell(ctx: BenchContext, dataset: str, model: torch.nn.Module, key: Aut
 
 def _transform_cells(ctx: BenchContext, dataset: str, model: torch.nn.Module, key: AuthKey) -> dict[str, Any]:
     test = ctx.dataset(dataset).test
+    upstream = _upstream(ctx, dataset, key)
     out: dict[str, Any] = {"prune": {}}
 
     def measure(modified: torch.nn.Module) -> dict[str, float]:
-        with torch_threads(THREADS):
+        with ctx.torch_threads(THREADS):
             return {"legit": accuracy_with_key(modified, key, test), "unauthorized": evaluate(modified, test).accuracy}
 
     for amount in (QUICK_PRUNE if ctx.quick else PRUNE):
         def prune_cell(amount: float = amount) -> dict[str, float]:
             pruned = prune_global_magnitude(model, amount)
             return {**measure(pruned), "sparsity": sparsity(pruned)}
-        out["prune"][f"{amount:.1f}"] = ctx.cell(f"{dataset}/prune-{amount:.1f}", prune_cell)
+        out["prune"][f"{amount:.1f}"] = ctx.cell(f"{dataset}/prune-{amount:.1f}", prune_cell,
+                                                 config={"prune": "global magnitude", "amount": amount}, upstream=upstream)
 
     def quant_cell() -> dict[str, Any]:
         quantized = quantize_int8_dynamic(model)
         return {**measure(quantized), "quantized_linear_layers": quantized_linear_count(quantized)}
-    out["quant"] = ctx.cell(f"{dataset}/quant", quant_cell)
+    out["quant"] = ctx.cell(f"{dataset}/quant", quant_cell, config={"quantize": "int8 dynamic"}, upstream=upstream)
     return out
 
 
@@ -220,7 +228,7 @@ def _finetune_cell(ctx: BenchContext, dataset: str, model: torch.nn.Module, key:
     budget = replace(QUICK_BUDGET if ctx.quick else BUDGET, seed=ctx.seed)
     architecture = VICTIMS[dataset][0]
     info = bundle.info
-    with torch_threads(THREADS):
+    with ctx.torch_threads(THREADS):
         seed_everything(ctx.seed)
         tuned = finetune_model(model, data, config=budget, progress=ctx.progress)
         seed_everything(ctx.seed)
@@ -239,7 +247,7 @@ def _adaptive_cell(ctx: BenchContext, dataset: str, model: torch.nn.Module, key:
     bundle = ctx.dataset(dataset)
     data = _attacker_data(ctx, dataset, fraction, ctx.seed)
     config = replace(QUICK_ADAPTIVE_CONFIG if ctx.quick else ADAPTIVE_CONFIG, seed=ctx.seed)
-    with torch_threads(THREADS):
+    with ctx.torch_threads(THREADS):
         result = recover_key(model, data, key.normalization, config, gate=key.gate, progress=ctx.progress)
         recovered = accuracy_with_key(model, result.key, bundle.test)
     return {"images": len(data), "recovered_accuracy": recovered, "attacker_train_accuracy": result.train_accuracy,
@@ -260,15 +268,15 @@ def _latency(model: torch.nn.Module, x: torch.Tensor, repeats: int = 30) -> floa
 
 def _cost_cell(ctx: BenchContext, dataset: str, model: torch.nn.Module, key: AuthKey) -> dict[str, Any]:
     checkpoint, _ = victim(ctx, dataset)
-    x = ctx.dataset(dataset).test.x[:256]
+    x = ctx.dataset(dataset).test.x[:LATENCY_BATCH]
     clean = checkpoint.model
-    with torch_threads(THREADS):
+    with ctx.torch_threads(THREADS):
         # interleave the two models so that load changes hit both alike
         lat_clean, lat_prot, lat_key = [], [], []
-        for _ in range(5):
-            lat_clean.append(_latency(clean, x, 10))
-            lat_prot.append(_latency(model, x, 10))
-            lat_key.append(_latency(key.bind(model), x, 10))
+        for _ in range(LATENCY_ROUNDS):
+            lat_clean.append(_latency(clean, x, LATENCY_REPEATS))
+            lat_prot.append(_latency(model, x, LATENCY_REPEATS))
+            lat_key.append(_latency(key.bind(model), x, LATENCY_REPEATS))
     return {"params_clean": sum(p.numel() for p in clean.parameters()),
             "params_protected": sum(p.numel() for p in model.parameters()),
             "same_architecture": [n for n, _ in clean.named_modules()] == [n for n, _ in model.named_modules()],
@@ -284,9 +292,9 @@ def _gate_cell(ctx: BenchContext, dataset: str, gate: str, config: AuthConfig) -
         record, model, key = _protected(ctx, dataset, study, tag=f"-gate-{gate}")
     config = study
     test = ctx.dataset(dataset).test
-    with torch_threads(THREADS):
-        report = evaluate_auth(model, key, test, random_keys=5, seed=ctx.seed + 1)
-        second = _second_keys(ctx, dataset, model, key, replace(config, gate=gate), 1)
+    with ctx.torch_threads(THREADS):
+        report = evaluate_auth(model, key, test, random_keys=GATE_RANDOM_KEYS, seed=ctx.seed + 1)
+        second = _second_keys(ctx, dataset, model, key, replace(config, gate=gate), GATE_SECOND_KEYS)
     return {"gate": gate, "bits": len(record["bits"]), "gate_shape": record["gate_shape"], "legit": report.legit,
             "unauthorized": report.unauthorized, "random_mean": report.random_mean, "second_key": second[0],
             "embed_wall_seconds": record["wall_seconds"], "train_images": config.train_images, "tail_epochs": config.tail_epochs}
@@ -296,66 +304,63 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f}%"
 
 
-def _acceptance(res: dict[str, Any]) -> list[list[Any]]:
-    ev, tr, cost = res["eval"], res["transforms"], res["cost_ratio"]
-    drop = 100 * (ev["clean"] - ev["legit"])
-    rows = [
-        ["legit within 1.0 point of clean", f"{drop:.2f} points lost ({_pct(ev['legit'])} vs {_pct(ev['clean'])})", drop <= LEGIT_DROP_MAX],
-        ["unauthorized <= 15%", _pct(ev["unauthorized"]), ev["unauthorized"] <= UNAUTH_MAX],
-        [f"mean of {len(ev['random_keys'])} random keys <= 15%", _pct(ev["random_mean"]), ev["random_mean"] <= RANDOM_MEAN_MAX],
-        ["independent second key <= 20%", f"{_pct(ev['second_key'])} (all {len(ev['second_keys'])} generated keys: "
-         f"{', '.join(_pct(v) for v in ev['second_keys'])})", ev["second_key"] <= SECOND_KEY_MAX],
+def _criteria(dataset: str, res: dict[str, Any]) -> list[Criterion]:
+    """Issue 4's acceptance criteria for one dataset."""
+    ev, tr, cost, c = res["eval"], res["transforms"], res["cost_ratio"], res["cost"]
+    out = [
+        Criterion(f"{dataset}: accuracy lost with the key against the clean model", 100 * (ev["clean"] - ev["legit"]),
+                  LEGIT_DROP_MAX, "<=", unit="points", detail=f"{_pct(ev['legit'])} vs {_pct(ev['clean'])}"),
+        Criterion(f"{dataset}: unauthorized accuracy (no key)", ev["unauthorized"], UNAUTH_MAX, "<=", unit="%"),
+        Criterion(f"{dataset}: mean accuracy under {len(ev['random_keys'])} random keys", ev["random_mean"], RANDOM_MEAN_MAX,
+                  "<=", unit="%"),
+        Criterion(f"{dataset}: accuracy under an independently generated second key", ev["second_key"], SECOND_KEY_MAX, "<=",
+                  unit="%", detail=f"all {len(ev['second_keys'])} generated keys: {', '.join(_pct(v) for v in ev['second_keys'])}"),
     ]
     for label, cell in (("pruning 30%", tr["prune"].get("0.3")), ("int8 quantization", tr["quant"])):
         if cell is None:
             continue
-        d = 100 * (ev["legit"] - cell["legit"])
-        rows.append([f"{label}: legit within 2 points, unauthorized <= 20%",
-                     f"legit {_pct(cell['legit'])} ({d:.2f} points lost), unauthorized {_pct(cell['unauthorized'])}",
-                     d <= TRANSFORM_LEGIT_DROP_MAX and cell["unauthorized"] <= TRANSFORM_UNAUTH_MAX])
-    rows.append(["embedding cost <= 0.5x clean training (CPU time, same run)",
-                 f"{cost['cpu']:.2f}x CPU, {cost['wall']:.2f}x wall", cost["cpu"] <= COST_RATIO_MAX])
-    c = res["cost"]
-    rows.append(["inference cost identical (same architecture, parameters)",
-                 f"{c['params_protected']} vs {c['params_clean']} parameters; {c['latency_protected_ms']:.2f} vs "
-                 f"{c['latency_clean_ms']:.2f} ms per {c['batch']} images",
-                 c["same_architecture"] and c["params_protected"] == c["params_clean"]])
-    return [[a, b, "met" if ok else "MISSED"] for a, b, ok in rows]
-
-
-def _drop_stale_cells(ctx: BenchContext, dataset: str, config: AuthConfig) -> None:
-    """Forget a dataset's cached cells when they were made with another embedding config.
-
-    Every cell but the clean-timing one depends on the protected model, so a changed config (or new defaults)
-    must not be mixed with results cached under the old one.
-    """
-    embed_cell = ctx.cache_dir / f"{dataset}_embed.json"
-    try:
-        cached = json.loads(embed_cell.read_text())["result"]["config"]
-    except (OSError, KeyError, TypeError, json.JSONDecodeError):
-        return
-    if cached == json.loads(json.dumps(config.to_dict())):
-        return
-    ctx.console.log(f"[bold]auth[/]: {dataset}: the cached cells were made with another config; recomputing them")
-    for path in ctx.cache_dir.iterdir():
-        if path.name.startswith((f"{dataset}_", f"{dataset}-")) and path.name != f"{dataset}_clean-timing.json":
-            path.unlink()
+        out += [Criterion(f"{dataset}: {label}, accuracy lost with the key", 100 * (ev["legit"] - cell["legit"]),
+                          TRANSFORM_LEGIT_DROP_MAX, "<=", unit="points", detail=f"{_pct(cell['legit'])} with the key"),
+                Criterion(f"{dataset}: {label}, unauthorized accuracy", cell["unauthorized"], TRANSFORM_UNAUTH_MAX, "<=", unit="%")]
+    out += [
+        Criterion(f"{dataset}: embedding cost against clean training (CPU time, same run)", cost["cpu"], COST_RATIO_MAX, "<=",
+                  unit="x", detail=f"{cost['wall']:.2f}x wall"),
+        Criterion(f"{dataset}: inference cost identical (same architecture and parameter count)",
+                  c["same_architecture"] and c["params_protected"] == c["params_clean"], True, "==",
+                  detail=f"{c['params_protected']} vs {c['params_clean']} parameters; {c['latency_protected_ms']:.2f} vs "
+                         f"{c['latency_clean_ms']:.2f} ms per {c['batch']} images"),
+    ]
+    return out
 
 
 def _dataset(ctx: BenchContext, dataset: str) -> dict[str, Any]:
     config = _config(ctx, dataset)
-    _drop_stale_cells(ctx, dataset, config)
     record, model, key = _protected(ctx, dataset, config)
-    timing = ctx.cell(f"{dataset}/clean-timing", lambda: _clean_timing(ctx, dataset))
-    ev = ctx.cell(f"{dataset}/eval", lambda: _eval_cell(ctx, dataset, model, key, config))
+    upstream = _upstream(ctx, dataset, key)
+    architecture, full, quick = VICTIMS[dataset]
+    timing = ctx.cell(f"{dataset}/clean-timing", lambda: _clean_timing(ctx, dataset),
+                      config={"architecture": architecture, "recipe": quick if ctx.quick else full, "timing_epochs": TIMING_EPOCHS,
+                              "train_size": QUICK_TRAIN_SIZE if ctx.quick else None})
+    ev = ctx.cell(f"{dataset}/eval", lambda: _eval_cell(ctx, dataset, model, key, config), upstream=upstream,
+                  config={"auth": config, "random_keys": QUICK_RANDOM_KEYS if ctx.quick else RANDOM_KEYS,
+                          "second_keys": QUICK_SECOND_KEYS if ctx.quick else SECOND_KEYS})
     transforms = _transform_cells(ctx, dataset, model, key)
-    gates = {} if ctx.quick else {g: ctx.cell(f"{dataset}/gate-{g}", lambda g=g: _gate_cell(ctx, dataset, g, config))
-                                  for g in GATE_STUDY[dataset]}
-    finetune = {f"{f:.2f}": ctx.cell(f"{dataset}/finetune-{f:.2f}", lambda f=f: _finetune_cell(ctx, dataset, model, key, f))
+    gates = {} if ctx.quick else {
+        g: ctx.cell(f"{dataset}/gate-{g}", lambda g=g: _gate_cell(ctx, dataset, g, config), upstream={"victim": upstream["victim"]},
+                    config={"auth": config, "gate": g, "overrides": GATE_STUDY_OVERRIDES[dataset],
+                            "random_keys": GATE_RANDOM_KEYS, "second_keys": GATE_SECOND_KEYS})
+        for g in GATE_STUDY[dataset]}
+    budget = replace(QUICK_BUDGET if ctx.quick else BUDGET, seed=ctx.seed)
+    finetune = {f"{f:.2f}": ctx.cell(f"{dataset}/finetune-{f:.2f}", lambda f=f: _finetune_cell(ctx, dataset, model, key, f),
+                                     config={"fraction": f, "fractions_of": OFFICIAL_TRAIN, "budget": budget}, upstream=upstream)
                 for f in (QUICK_FRACTIONS if ctx.quick else FRACTIONS)}
-    adaptive = {f"{f:.2f}": ctx.cell(f"{dataset}/adaptive-{f:.2f}", lambda f=f: _adaptive_cell(ctx, dataset, model, key, f))
+    adaptive_config = replace(QUICK_ADAPTIVE_CONFIG if ctx.quick else ADAPTIVE_CONFIG, seed=ctx.seed)
+    adaptive = {f"{f:.2f}": ctx.cell(f"{dataset}/adaptive-{f:.2f}", lambda f=f: _adaptive_cell(ctx, dataset, model, key, f),
+                                     config={"fraction": f, "fractions_of": OFFICIAL_TRAIN, "attack": adaptive_config},
+                                     upstream=upstream)
                 for f in (QUICK_ADAPTIVE if ctx.quick else ADAPTIVE)}
-    cost = ctx.cell(f"{dataset}/cost", lambda: _cost_cell(ctx, dataset, model, key))
+    cost = ctx.cell(f"{dataset}/cost", lambda: _cost_cell(ctx, dataset, model, key), upstream=upstream,
+                    config={"batch": LATENCY_BATCH, "repeats": LATENCY_REPEATS, "rounds": LATENCY_ROUNDS})
     ratio = {"wall": record["wall_seconds"] / timing["wall_seconds"], "cpu": record["cpu_seconds"] / timing["cpu_seconds"],
              "wall_vs_victim_record": record["wall_seconds"] / ev["victim_train_seconds"]}
     return {"architecture": VICTIMS[dataset][0], "config": record["config"], "embed": record, "clean_timing": timing,
@@ -415,7 +420,6 @@ def _markdown(results: dict[str, Any], quick: bool) -> str:
                f"measured +{rec['bit_change']:.3f}; other channels {rec['other_change']:.3f} mean absolute change), "
                f"mask mean {rec['mask_mean']:.3f}. Tail: {cfg['tail_epochs']} epochs on {cfg['train_images'] or 'all'} "
                f"training images, decoy ratio {cfg['decoy_ratio']}, {cfg['decoy_keys']} decoy keys; kept epoch {rec['best_epoch']}.", "",
-               "### Acceptance", "", markdown_table(["criterion", "measured", "verdict"], _acceptance(res)), "",
                "### Accuracy (test split)", "",
                markdown_table(["view", "accuracy"], [
                    ["clean model", _pct(ev["clean"])], ["protected, with the key", _pct(ev["legit"])],
@@ -485,6 +489,9 @@ def run(ctx: BenchContext) -> SuiteReport:
     if datasets != DATASETS:
         markdown = (f"Datasets in this run: {', '.join(datasets)} only (`{DATASETS_ENV}={','.join(datasets)}`).\n\n"
                     + markdown)
+    criteria = [c for dataset, res in results.items() for c in _criteria(dataset, res)]
+    note = ("Quick run: a pipeline check only (on the 2-epoch quick victims the protection does not take); the "
+            "thresholds are the full run's.") if ctx.quick else ""
     return SuiteReport(results=json.loads(json.dumps({**results, "datasets": list(datasets)})), markdown=markdown,
-                       figures={"summary": _figure(results)})
+                       figures={"summary": _figure(results)}, criteria=criteria, criteria_note=note)
 

@@ -2,8 +2,9 @@
 
 Baselines: :class:`NoDefense`, :class:`TopOneDefense`, :class:`RoundingDefense`, :class:`ReverseSigmoidDefense`,
 :class:`GaussianNoiseDefense`; and :class:`QueenDefense` (QUEEN: query unlearning), fitted offline with
-:func:`fit_queen`, its per-client state kept in a :class:`ClientStateStore` (in memory or SQLite).
-:class:`ProtectedModel` turns a model and a defense into ``answer(x, client_id)``.
+:func:`fit_queen`, its per-client state kept in a :class:`~modelshield.state.StateStore` (in memory or SQLite).
+:class:`ProtectedModel` turns a model and a defense into ``answer(x, client_id, policy)``, enforcing each
+client's :class:`ClientPolicy` (output mode, query budget).
 """
 
 from modelshield.defense.base import Defense
@@ -17,21 +18,19 @@ from modelshield.defense.baselines import (
 from modelshield.defense.client_state import QueenClientState
 from modelshield.defense.features import FeatureSplit
 from modelshield.defense.metrics import BenignReport, benign_report
-from modelshield.defense.protected import ProtectedModel
+from modelshield.defense.protected import ClientPolicy, ProtectedModel
 from modelshield.defense.queen import QueenConfig, QueenDefense
 from modelshield.defense.queen_artifacts import QueenArtifacts, load_queen_artifacts
 from modelshield.defense.queen_fit import QueenFitConfig, fit_queen
 from modelshield.defense.registry import DEFENSE_NAMES, build_defense
-from modelshield.defense.store import ClientStateStore, InMemoryStateStore, SQLiteStateStore
 
 __all__ = [
     "DEFENSE_NAMES",
     "BenignReport",
-    "ClientStateStore",
+    "ClientPolicy",
     "Defense",
     "FeatureSplit",
     "GaussianNoiseDefense",
-    "InMemoryStateStore",
     "NoDefense",
     "ProtectedModel",
     "QueenArtifacts",
@@ -41,7 +40,6 @@ __all__ = [
     "QueenFitConfig",
     "ReverseSigmoidDefense",
     "RoundingDefense",
-    "SQLiteStateStore",
     "TopOneDefense",
     "benign_report",
     "build_defense",

@@ -2,7 +2,7 @@
 
 A defense sees a query batch ``x``, the protected model's ``logits`` and penultimate ``features`` for it,
 and the caller's ``client_id``; it returns the probability vectors the caller receives. Stateless defenses
-ignore the client; QUEEN keeps per-client state in a :class:`~modelshield.defense.store.ClientStateStore`.
+ignore the client; QUEEN keeps per-client state in a :class:`~modelshield.state.StateStore`.
 Defenses are vectorised over the batch (no per-sample Python loop, no per-sample optimiser).
 
 Example:

@@ -53,7 +53,7 @@ def defense_from_args(args: argparse.Namespace, model: object) -> object:
     from modelshield.defense.queen import QueenConfig
     from modelshield.defense.queen_artifacts import load_queen_artifacts
     from modelshield.defense.registry import build_defense
-    from modelshield.defense.store import SQLiteStateStore
+    from modelshield.state import SQLiteStateStore
 
     name = args.defense.lower()
     if name == "queen":

@@ -1,8 +1,9 @@
 """QUEEN's state for one client, and its byte encoding (JSON header + raw little-endian arrays, never pickle).
 
-Layout: ``b"MSQS"``, a 4-byte little-endian header length, a UTF-8 JSON header
-``{"version": 1, "num_classes": K, "queries": n, "arrays": {name: {"dtype", "shape", "offset"}}}``, then
-the arrays' bytes. Arrays: ``coverage`` (K,) float64, ``counts`` (K,) int64 (recorded points per class),
+Layout: ``b"MSQS"``, a 4-byte little-endian header length (at most 64 KiB), a UTF-8 JSON header
+``{"version": 1, "num_classes": K, "queries": n, "arrays": {name: {"dtype", "shape", "offset"}}}`` (the header
+rules of :mod:`modelshield.container`: strict JSON, exact keys; the magic names the format), then the arrays'
+bytes. Arrays: ``coverage`` (K,) float64, ``counts`` (K,) int64 (recorded points per class),
 ``points`` (sum(counts), 2) float32 (the recorded 2-D points, class by class), ``reversed`` (K,) int64
 (answers reversed so far). Decoding validates every field against the expected dtypes, shapes and sizes.
 
@@ -17,12 +18,12 @@ Example:
 
 from __future__ import annotations
 
-import json
 import struct
 from dataclasses import dataclass
 
 import numpy as np
 
+from modelshield.container import Fields, HeaderSpec, check_magic, encode_header, parse_header
 from modelshield.errors import FormatError
 
 __all__ = ["QueenClientState"]
@@ -31,6 +32,8 @@ _MAGIC = b"MSQS"
 _VERSION = 1
 _MAX_HEADER = 1 << 16
 _DTYPES = {"coverage": "<f8", "counts": "<i8", "points": "<f4", "reversed": "<i8"}
+SPEC = HeaderSpec("QUEEN client state", None, _VERSION, required={"num_classes", "queries", "arrays"},
+                  max_bytes=_MAX_HEADER)
 
 
 @dataclass
@@ -78,50 +81,53 @@ class QueenClientState:
             meta[name] = {"dtype": _DTYPES[name], "shape": list(arr.shape), "offset": offset}
             blobs.append(arr.tobytes())
             offset += arr.nbytes
-        header = json.dumps({"version": _VERSION, "num_classes": self.num_classes, "queries": int(self.queries),
-                             "arrays": meta}, sort_keys=True).encode()
+        header = encode_header({"num_classes": self.num_classes, "queries": int(self.queries), "arrays": meta}, SPEC)
         return _MAGIC + struct.pack("<I", len(header)) + header + b"".join(blobs)
 
     @classmethod
-    def from_bytes(cls, data: bytes, num_classes: int | None = None) -> QueenClientState:
+    def from_bytes(cls, data: bytes, num_classes: int | None = None, *, source: str = "<client state>") -> QueenClientState:
         """Decode and validate; ``num_classes`` (if given) must match.
+
+        Args:
+            data: the encoded state.
+            num_classes: the class count the caller expects, or None.
+            source: where the bytes come from (a file, a store key), named in error messages.
 
         Raises:
             FormatError: wrong magic or version, malformed header, or arrays that do not fit.
         """
-        if len(data) < 8 or data[:4] != _MAGIC:
-            raise FormatError("QUEEN client state: bad magic (expected b'MSQS')")
+        check_magic(data[:4], _MAGIC, SPEC, source)
+        if len(data) < 8:
+            raise FormatError(f"{source}: truncated QUEEN client state ({len(data)} bytes, shorter than the 8-byte prefix)")
         (hlen,) = struct.unpack("<I", data[4:8])
-        if hlen > _MAX_HEADER or 8 + hlen > len(data):
-            raise FormatError(f"QUEEN client state: header length {hlen} does not fit in {len(data)} bytes")
-        try:
-            header = json.loads(data[8 : 8 + hlen].decode())
-            k, queries, arrays = int(header["num_classes"]), int(header["queries"]), header["arrays"]
-            version = header["version"]
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-            raise FormatError(f"QUEEN client state: malformed header ({exc})") from None
-        if version != _VERSION:
-            raise FormatError(f"QUEEN client state: version {version!r} not supported (expected {_VERSION})")
+        if not 2 <= hlen <= _MAX_HEADER:
+            raise FormatError(f"{source}: header length {hlen} is outside 2..{_MAX_HEADER}")
+        if 8 + hlen > len(data):
+            raise FormatError(f"{source}: truncated QUEEN client state: the header needs {8 + hlen} bytes, got {len(data)}")
+        header = parse_header(data[8 : 8 + hlen], SPEC, source)
+        fields = Fields(source)
+        k = int(fields.integer(header, "num_classes", 1, 1 << 20))  # type: ignore[arg-type]
+        queries = int(fields.integer(header, "queries", 0, 2**63 - 1))  # type: ignore[arg-type]
+        arrays = fields.exact_keys(fields.obj(header, "arrays"), set(_DTYPES), where="arrays")
         if num_classes is not None and k != num_classes:
-            raise FormatError(f"QUEEN client state: {k} classes, expected {num_classes}")
+            raise fields.fail("num_classes", f"{num_classes} (the protected model's classes)", k)
         body = memoryview(data)[8 + hlen :]
         out: dict[str, np.ndarray] = {}
         for name, dtype in _DTYPES.items():
-            spec = arrays.get(name) if isinstance(arrays, dict) else None
-            if not isinstance(spec, dict) or spec.get("dtype") != dtype:
-                raise FormatError(f"QUEEN client state: array {name!r} missing or not {dtype}")
-            shape, offset = spec.get("shape"), spec.get("offset")
-            if not (isinstance(shape, list) and all(isinstance(s, int) and s >= 0 for s in shape) and isinstance(offset, int)):
-                raise FormatError(f"QUEEN client state: array {name!r} has a bad shape or offset")
+            where = f"arrays.{name}."
+            spec = fields.exact_keys(arrays[name], {"dtype", "shape", "offset"}, where=f"arrays.{name}")
+            fields.string(spec, "dtype", where=where, choices=(dtype,))
+            shape = fields.int_list(spec, "shape", 0, 1 << 40, where=where, max_items=2)
+            offset = int(fields.integer(spec, "offset", 0, len(body), where=where))  # type: ignore[arg-type]
             nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-            if offset < 0 or offset + nbytes > len(body):
-                raise FormatError(f"QUEEN client state: array {name!r} ({nbytes} bytes at {offset}) overruns the data")
+            if offset + nbytes > len(body):
+                raise FormatError(f"{source}: array {name!r} ({nbytes} bytes at {offset}) overruns the {len(body)} data bytes")
             out[name] = np.frombuffer(body[offset : offset + nbytes], dtype=dtype).reshape(shape).copy()
         counts = out["counts"]
         if out["coverage"].shape != (k,) or counts.shape != (k,) or out["reversed"].shape != (k,):
-            raise FormatError(f"QUEEN client state: per-class arrays must have shape ({k},)")
+            raise FormatError(f"{source}: per-class arrays must have shape ({k},)")
         if (counts < 0).any() or out["points"].shape != (int(counts.sum()), 2):
-            raise FormatError(f"QUEEN client state: points {out['points'].shape} do not match counts {counts.tolist()}")
+            raise FormatError(f"{source}: points {out['points'].shape} do not match counts {counts.tolist()}")
         bounds = np.concatenate([[0], np.cumsum(counts)])
         points = [out["points"][bounds[i] : bounds[i + 1]] for i in range(k)]
         return cls(out["coverage"].astype(np.float64), points, out["reversed"].astype(np.int64), queries)

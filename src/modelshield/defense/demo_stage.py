@@ -10,7 +10,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from modelshield.attacks.extraction import PirateConfig, QueryPool, build_attack, run_extraction
+from modelshield.defense.baselines import NoDefense
 from modelshield.defense.metrics import benign_report
+from modelshield.defense.protected import ClientPolicy, ProtectedModel
 from modelshield.defense.queen import QueenConfig, QueenDefense
 from modelshield.defense.queen_artifacts import load_queen_artifacts
 from modelshield.defense.queen_fit import QueenFitConfig, fit_queen
@@ -36,14 +38,15 @@ def stage(ctx: DemoContext) -> list[tuple[str, str]]:
     pirate = PirateConfig(epochs=30, batch_size=32, lr=3e-3, seed=ctx.seed)
     rows, results = [], {}
     for name in ("none", "queen"):
-        defense = QueenDefense.for_model(model, art, DEMO_ONLINE) if name == "queen" else None
-        oracle = ModelOracle(model, defense, client_id="mallory", budget=budget)
+        defense = QueenDefense.for_model(model, art, DEMO_ONLINE) if name == "queen" else NoDefense()
+        oracle = ModelOracle(ProtectedModel(model, defense), client_id="mallory", policy=ClientPolicy(budget=budget))
         results[name] = run_extraction(build_attack("knockoff", budget=budget, seed=ctx.seed), oracle, pool, bundle.test,
                                        victim=model, pirate=pirate)
-        if defense is not None:
+        if isinstance(defense, QueenDefense):
             reversed_share = float(defense.client_state("mallory").reversed.sum()) / budget
-    queen = QueenDefense.for_model(model, art, DEMO_ONLINE)
-    benign = benign_report(model, queen, bundle.test, queries_per_client=BENIGN_SESSION)
+    queen = ProtectedModel(model, QueenDefense.for_model(model, art, DEMO_ONLINE))
+    benign = benign_report(lambda client: ModelOracle(queen, client_id=client), bundle.test, model=model,
+                           queries_per_client=BENIGN_SESSION)
     rows.append(("pirate accuracy, undefended", f"{100 * results['none'].accuracy:.1f}% ({budget} soft-label queries)"))
     rows.append(("pirate accuracy, QUEEN", f"{100 * results['queen'].accuracy:.1f}% ({100 * reversed_share:.0f}% of answers reversed)"))
     rows.append(("benign accuracy, QUEEN", f"{100 * benign.accuracy:.1f}% (model {100 * benign.undefended_accuracy:.1f}%; "

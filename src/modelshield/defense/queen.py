@@ -45,11 +45,15 @@ from modelshield.defense.client_state import QueenClientState
 from modelshield.defense.features import FeatureSplit
 from modelshield.defense.queen_artifacts import QueenArtifacts
 from modelshield.defense.shadow import SoftmaxRegression
-from modelshield.defense.store import ClientStateStore, InMemoryStateStore
 from modelshield.errors import ConfigError
 from modelshield.models.checkpoint import state_dict_fingerprint
+from modelshield.state import InMemoryStateStore, StateStore
 
 __all__ = ["QueenConfig", "QueenDefense", "decide_batch", "perturb_probabilities", "reverse_probabilities"]
+
+# decide_batch runs over at most this many queries at a time (its within-class distance matrix is quadratic);
+# the chunks are applied in order to one decoded state, so the result is the same as one call, and committed once
+_DECIDE_CHUNK = 1024
 
 
 @dataclass(frozen=True)
@@ -226,7 +230,8 @@ class QueenDefense(Defense):
         artifacts: the fitted artefacts.
         head: the protected model's final linear layer ``h`` (PERTURB re-evaluates it).
         config: online settings.
-        store: per-client state store (default: in memory). Keys are ``"<namespace>:<client_id>"``.
+        store: per-client state store (default: in memory). Keys are ``"<namespace>:<client_id>"``; each
+            answered batch is one :meth:`~modelshield.state.StateStore.update` (all of the batch or nothing).
         namespace: key prefix (default: ``queen:`` + the model fingerprint), so several protected models can
             share one store.
 
@@ -236,7 +241,7 @@ class QueenDefense(Defense):
     name = "queen"
 
     def __init__(self, artifacts: QueenArtifacts, head: nn.Linear, config: QueenConfig | None = None, *,
-                 store: ClientStateStore | None = None, namespace: str | None = None) -> None:
+                 store: StateStore | None = None, namespace: str | None = None) -> None:
         self.artifacts = artifacts
         self.head = head
         self.config = config or QueenConfig()
@@ -246,7 +251,7 @@ class QueenDefense(Defense):
         if self.config.shadows_per_answer > len(artifacts.shadows):
             raise ConfigError(f"QueenConfig.shadows_per_answer={self.config.shadows_per_answer} but the artefacts hold "
                               f"{len(artifacts.shadows)} shadow models")
-        self.store: ClientStateStore = store if store is not None else InMemoryStateStore()
+        self.store: StateStore = store if store is not None else InMemoryStateStore()
         self.namespace = namespace or f"queen:{artifacts.model_fingerprint[:16]}"
         self._generator = torch.Generator().manual_seed(self.config.seed)
         self._lock = threading.Lock()
@@ -254,7 +259,7 @@ class QueenDefense(Defense):
 
     @classmethod
     def for_model(cls, model: nn.Module, artifacts: QueenArtifacts, config: QueenConfig | None = None, *,
-                  store: ClientStateStore | None = None, namespace: str | None = None) -> QueenDefense:
+                  store: StateStore | None = None, namespace: str | None = None) -> QueenDefense:
         """Build the defense for ``model``; raises ConfigError if the artefacts were fitted for another model."""
         fingerprint = state_dict_fingerprint(model.state_dict())
         if fingerprint != artifacts.model_fingerprint:
@@ -305,11 +310,16 @@ class QueenDefense(Defense):
         np_in, np_inc = in_region.numpy(), increments.double().numpy()
 
         def update(blob: bytes | None) -> tuple[bytes, np.ndarray]:
+            # pure (the store may call it again on a newer blob): decodes, decides, encodes; nothing else changes
             state = QueenClientState.empty(k) if blob is None else QueenClientState.from_bytes(blob, k)
-            rev = decide_batch(state, np_classes, np_z, np_in, np_inc, radius=cfg.novelty_radius,
-                               threshold=cfg.coverage_threshold, threshold_queries=cfg.threshold_queries)
+            rev = np.concatenate([np.zeros(0, dtype=bool), *(
+                decide_batch(state, np_classes[s : s + _DECIDE_CHUNK], np_z[s : s + _DECIDE_CHUNK],
+                             np_in[s : s + _DECIDE_CHUNK], np_inc[s : s + _DECIDE_CHUNK], radius=cfg.novelty_radius,
+                             threshold=cfg.coverage_threshold, threshold_queries=cfg.threshold_queries)
+                for s in range(0, len(np_classes), _DECIDE_CHUNK))])
             return state.to_bytes(), rev
 
+        # one commit for the whole batch: the client's state moves for all of it or (on an error) not at all
         reverse = torch.from_numpy(self.store.update(self.key(client_id), update))
         out = perturb_probabilities(features, classes, art.class_centres, self.head, cfg.perturb_step, cfg.perturb_steps)
         if reverse.any():

@@ -4,13 +4,14 @@ File format: one ``.safetensors`` file. Tensors: ``mapping.<param>``, ``class_ce
 ``region_centres`` (K, 2), ``region_spread`` (K,) (rho_c, the mean distance to the centre),
 ``shadow.<i>.<param>``. The header's ``modelshield-queen`` entry is JSON: format name and version, the
 mapping widths, shadow architecture and count, input shape, normalisation, the protected model's
-fingerprint, and the fitting record. Loading never unpickles, validates the JSON and every shape, and
-rebuilds the modules with strict state-dict loading; every failure is a :class:`FormatError`.
+fingerprint, and the fitting record (optional). Loading never unpickles; the safetensors header and this JSON
+are checked with the shared rules of :mod:`modelshield.container` before any tensor is read, every shape is
+validated, and the modules are rebuilt with strict state-dict loading; every failure is a :class:`FormatError`
+naming the file.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,16 +23,21 @@ from safetensors.torch import save as safetensors_save
 from torch import nn
 
 from modelshield._io import atomic_write_bytes
+from modelshield.container import Fields, HeaderSpec, metadata_entry, metadata_header, read_safetensors_header
 from modelshield.data.types import Normalization
 from modelshield.defense.mapping import MappingNetwork
 from modelshield.defense.shadow import build_shadow
 from modelshield.errors import ConfigError, FormatError
+from modelshield.models.checkpoint import read_normalization
 
 __all__ = ["QueenArtifacts", "load_queen_artifacts"]
 
 FORMAT = "modelshield-queen"
 FORMAT_VERSION = 1
-_MAX_META = 1 << 20
+SPEC = HeaderSpec("QUEEN artefact file", FORMAT, FORMAT_VERSION,
+                  required={"mapping_widths", "shadow_architecture", "num_shadows", "input_shape", "normalization",
+                            "num_classes", "feature_dim", "model_fingerprint"},
+                  optional={"record"}, max_bytes=1 << 20)
 
 
 @dataclass
@@ -78,31 +84,14 @@ class QueenArtifacts:
         tensors.update(class_centres=self.class_centres, region_centres=self.region_centres, region_spread=self.region_spread)
         for i, shadow in enumerate(self.shadows):
             tensors.update({f"shadow.{i}.{k}": v for k, v in shadow.state_dict().items()})
-        header = {"format": FORMAT, "version": FORMAT_VERSION, "mapping_widths": self.mapping.widths,
+        header = {"mapping_widths": self.mapping.widths,
                   "shadow_architecture": self.shadow_architecture, "num_shadows": len(self.shadows),
                   "input_shape": list(self.input_shape), "normalization": self.normalization.to_dict(),
                   "num_classes": self.num_classes, "feature_dim": self.feature_dim,
                   "model_fingerprint": self.model_fingerprint, "record": self.record}
         payload = safetensors_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
-                                   metadata={FORMAT: json.dumps(header, sort_keys=True)})
+                                   metadata=metadata_entry(header, FORMAT, SPEC))
         return atomic_write_bytes(path, payload)
-
-
-def _header(path: Path, metadata: dict[str, str]) -> dict[str, Any]:
-    text = metadata.get(FORMAT)
-    if text is None:
-        raise FormatError(f"{path}: not a QUEEN artefact file (no {FORMAT!r} metadata)")
-    if len(text) > _MAX_META:
-        raise FormatError(f"{path}: QUEEN metadata is {len(text)} bytes, over the {_MAX_META}-byte cap")
-    try:
-        header = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise FormatError(f"{path}: QUEEN metadata is not valid JSON ({exc.msg})") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise FormatError(f"{path}: not a QUEEN artefact file")
-    if header.get("version") != FORMAT_VERSION:
-        raise FormatError(f"{path}: QUEEN format version {header.get('version')!r} not supported (expected {FORMAT_VERSION})")
-    return header
 
 
 def load_queen_artifacts(path: str | os.PathLike[str]) -> QueenArtifacts:
@@ -115,23 +104,24 @@ def load_queen_artifacts(path: str | os.PathLike[str]) -> QueenArtifacts:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"QUEEN artefacts {path} do not exist (build them with `modelshield defense fit`)")
+    source = str(path)
+    header = metadata_header(read_safetensors_header(path), FORMAT, SPEC, source)
+    fields = Fields(source)
+    widths = fields.int_list(header, "mapping_widths", 1, 1 << 20, max_items=64)
+    k, d = fields.integer(header, "num_classes", 2, 1 << 20), fields.integer(header, "feature_dim", 1, 1 << 20)
+    shape = tuple(fields.int_list(header, "input_shape", 1, 1 << 12, length=3))
+    normalization = read_normalization(fields, header)
+    count = fields.integer(header, "num_shadows", 1, 1024)
+    arch = str(fields.string(header, "shadow_architecture", max_chars=256))
+    fingerprint = str(fields.string(header, "model_fingerprint", max_chars=64))
+    record = fields.obj(header, "record") if "record" in header else {}
+    if len(widths) < 2 or widths[0] != d or widths[-1] != 2:
+        raise fields.fail("mapping_widths", f"at least two widths from feature_dim {d} down to 2", widths)
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            header = _header(path, handle.metadata() or {})
+        with safe_open(source, framework="pt") as handle:
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise FormatError(f"{path}: corrupt QUEEN artefact file ({exc})") from None
-    try:
-        widths = [int(w) for w in header["mapping_widths"]]
-        k, d = int(header["num_classes"]), int(header["feature_dim"])
-        shape = tuple(int(s) for s in header["input_shape"])
-        normalization = Normalization.from_dict(header["normalization"])
-        count, arch = int(header["num_shadows"]), str(header["shadow_architecture"])
-        fingerprint, record = str(header["model_fingerprint"]), dict(header.get("record") or {})
-    except (KeyError, TypeError, ValueError, ConfigError) as exc:
-        raise FormatError(f"{path}: malformed QUEEN metadata ({exc})") from None
-    if len(shape) != 3 or widths[0] != d or widths[-1] != 2 or count < 1:
-        raise FormatError(f"{path}: inconsistent QUEEN metadata (input_shape {shape}, widths {widths}, feature_dim {d}, shadows {count})")
     expected = {"class_centres": (k, d), "region_centres": (k, 2), "region_spread": (k,)}
     for name, want in expected.items():
         got = tuple(tensors[name].shape) if name in tensors else None

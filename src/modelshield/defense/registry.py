@@ -19,8 +19,8 @@ from modelshield.defense.base import Defense
 from modelshield.defense.baselines import GaussianNoiseDefense, NoDefense, ReverseSigmoidDefense, RoundingDefense, TopOneDefense
 from modelshield.defense.queen import QueenConfig, QueenDefense
 from modelshield.defense.queen_artifacts import QueenArtifacts
-from modelshield.defense.store import ClientStateStore
 from modelshield.errors import ConfigError, did_you_mean
+from modelshield.state import StateStore
 
 __all__ = ["DEFENSE_NAMES", "build_defense"]
 
@@ -32,7 +32,7 @@ _ALIASES = {"top-1": "top1", "label": "top1", "round": "rounding", "reverse_sigm
 
 
 def build_defense(name: str, *, model: nn.Module | None = None, artifacts: QueenArtifacts | None = None,
-                  queen: QueenConfig | None = None, store: ClientStateStore | None = None, **settings: Any) -> Defense:
+                  queen: QueenConfig | None = None, store: StateStore | None = None, **settings: Any) -> Defense:
     """A defense by name.
 
     Args:

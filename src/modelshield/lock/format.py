@@ -21,8 +21,6 @@ Example:
 from __future__ import annotations
 
 import base64
-import binascii
-import json
 import math
 import struct
 from dataclasses import dataclass, field
@@ -30,6 +28,7 @@ from typing import Any
 
 import torch
 
+from modelshield.container import Fields, HeaderSpec, check_magic, check_version, encode_header, parse_header
 from modelshield.errors import FormatError
 
 __all__ = [
@@ -42,6 +41,7 @@ __all__ = [
     "MAX_HEADER_BYTES",
     "PREFIX",
     "SCHEMES",
+    "SPEC",
     "TAG_BYTES",
     "KdfParams",
     "LockHeader",
@@ -89,6 +89,9 @@ CLEAR_DTYPES: dict[str, torch.dtype] = {
 _ALL_DTYPES = {**LOCKABLE_DTYPES, **CLEAR_DTYPES}
 _HEADER_KEYS = {"format", "scheme", "rounds", "sbox", "nonce", "kdf", "payload_bytes", "tensors", "metadata"}
 _ENTRY_KEYS = {"name", "dtype", "shape", "offset", "nbytes", "locked"}
+SPEC = HeaderSpec("locked file", FORMAT_NAME, FORMAT_VERSION, required=_HEADER_KEYS - {"format"},
+                  max_bytes=MAX_HEADER_BYTES, version_in_header=False)
+"""The header rules (:mod:`modelshield.container`); the version lives in the binary prefix."""
 
 
 def dtype_name(dtype: torch.dtype) -> str | None:
@@ -185,12 +188,12 @@ class LockHeader:
     def to_bytes(self) -> bytes:
         """Canonical JSON encoding (sorted keys, no whitespace)."""
         doc = {
-            "format": FORMAT_NAME, "scheme": self.scheme, "rounds": self.rounds, "sbox": "aes",
+            "scheme": self.scheme, "rounds": self.rounds, "sbox": "aes",
             "nonce": base64.b64encode(self.nonce).decode("ascii"), "kdf": self.kdf.to_dict(),
             "payload_bytes": self.payload_bytes, "tensors": [t.to_dict() for t in self.tensors],
             "metadata": dict(self.metadata),
         }
-        return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+        return encode_header(doc, SPEC)
 
     @classmethod
     def from_bytes(cls, raw: bytes, source: str) -> LockHeader:
@@ -217,10 +220,8 @@ def parse_prefix(prefix: bytes, source: str) -> int:
     if len(prefix) < PREFIX.size:
         raise FormatError(f"{source}: not a modelshield locked file ({len(prefix)} bytes, shorter than the {PREFIX.size}-byte prefix)")
     magic, version, flags, header_len = PREFIX.unpack(prefix[: PREFIX.size])
-    if magic != MAGIC:
-        raise FormatError(f"{source}: not a modelshield locked file (magic is {magic.hex()}, expected {MAGIC.hex()})")
-    if version != FORMAT_VERSION:
-        raise FormatError(f"{source}: locked-file format version {version} is not supported (expected {FORMAT_VERSION})")
+    check_magic(magic, MAGIC, SPEC, source)
+    check_version(version, SPEC, source)
     if flags != 0:
         raise FormatError(f"{source}: prefix field flags: expected 0, got {flags:#06x}")
     if not 2 <= header_len <= MAX_HEADER_BYTES:
@@ -228,106 +229,33 @@ def parse_prefix(prefix: bytes, source: str) -> int:
     return int(header_len)
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _Reject(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
-class _Reject(Exception):
-    pass
-
-
-def _reject_constant(name: str) -> Any:
-    raise _Reject(f"non-standard JSON constant {name}")
-
-
-class _HeaderParser:
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def fail(self, field_name: str, expected: str, got: Any) -> FormatError:
-        shown = repr(got)
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
-        return FormatError(f"{self.source}: header field {field_name}: expected {expected}, got {shown}")
-
-    def int_field(self, doc: dict[str, Any], key: str, where: str, lo: int, hi: int) -> int:
-        value = doc.get(key)
-        if type(value) is not int or not lo <= value <= hi:
-            raise self.fail(f"{where}{key}", f"an integer in {lo}..{hi}", value)
-        return value
-
-    def str_field(self, doc: dict[str, Any], key: str, where: str, choices: tuple[str, ...] | None = None) -> str:
-        value = doc.get(key)
-        if not isinstance(value, str) or (choices is not None and value not in choices):
-            raise self.fail(f"{where}{key}", "one of " + ", ".join(choices) if choices else "a string", value)
-        return value
-
-    def b64_field(self, doc: dict[str, Any], key: str, where: str, lo: int, hi: int) -> bytes:
-        value = doc.get(key)
-        if not isinstance(value, str) or len(value) > 4 * hi:
-            raise self.fail(f"{where}{key}", f"base64 of {lo}..{hi} bytes", value)
-        try:
-            raw = base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            raise self.fail(f"{where}{key}", "valid base64", value) from None
-        if not lo <= len(raw) <= hi:
-            raise self.fail(f"{where}{key}", f"{lo}..{hi} bytes", f"{len(raw)} bytes")
-        return raw
-
-    def exact_keys(self, doc: Any, expected: set[str], where: str) -> dict[str, Any]:
-        if not isinstance(doc, dict):
-            raise self.fail(where or "(top level)", "a JSON object", type(doc).__name__)
-        keys = set(doc)
-        if keys != expected:
-            missing, extra = sorted(expected - keys), sorted(keys - expected)
-            detail = "; ".join(part for part in (f"missing {missing}" if missing else "",
-                                                 f"unexpected {extra}" if extra else "") if part)
-            raise FormatError(f"{self.source}: header {where or 'object'}: {detail}")
-        return doc
-
+class _HeaderParser(Fields):
     def parse(self, raw: bytes) -> LockHeader:
-        if len(raw) > MAX_HEADER_BYTES:
-            raise FormatError(f"{self.source}: header is {len(raw)} bytes, over the {MAX_HEADER_BYTES}-byte cap")
-        try:
-            text = bytes(raw).decode("utf-8")
-            doc = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
-        except UnicodeDecodeError:
-            raise FormatError(f"{self.source}: header is not UTF-8 text") from None
-        except json.JSONDecodeError as exc:
-            raise FormatError(f"{self.source}: header is not valid JSON ({exc.msg} at byte {exc.pos})") from None
-        except (_Reject, ValueError, RecursionError) as exc:
-            raise FormatError(f"{self.source}: header is not acceptable JSON ({exc or type(exc).__name__})") from None
-        doc = self.exact_keys(doc, _HEADER_KEYS, "")
-        if doc["format"] != FORMAT_NAME:
-            raise self.fail("format", repr(FORMAT_NAME), doc["format"])
-        scheme = self.str_field(doc, "scheme", "", SCHEMES)
-        rounds = self.int_field(doc, "rounds", "", 1, MAX_ROUNDS)
-        self.str_field(doc, "sbox", "", ("aes",))
-        nonce = self.b64_field(doc, "nonce", "", NONCE_BYTES, NONCE_BYTES)
+        doc = parse_header(raw, SPEC, self.source)
+        scheme = self.string(doc, "scheme", choices=SCHEMES)
+        rounds = self.integer(doc, "rounds", 1, MAX_ROUNDS)
+        self.string(doc, "sbox", choices=("aes",))
+        nonce = self.b64(doc, "nonce", NONCE_BYTES, NONCE_BYTES)
         kdf = self.parse_kdf(doc["kdf"])
-        payload_bytes = self.int_field(doc, "payload_bytes", "", 0, MAX_PAYLOAD_BYTES)
+        payload_bytes = self.integer(doc, "payload_bytes", 0, MAX_PAYLOAD_BYTES)
         tensors = self.parse_tensors(doc["tensors"], payload_bytes)
-        metadata = self.parse_metadata(doc["metadata"])
-        return LockHeader(scheme, rounds, nonce, kdf, tensors, payload_bytes, metadata)
+        metadata = self.str_map(doc, "metadata", max_entries=MAX_METADATA_ENTRIES)
+        return LockHeader(scheme, rounds, nonce, kdf, tensors, payload_bytes, metadata)  # type: ignore[arg-type]
 
     def parse_kdf(self, doc: Any) -> KdfParams:
         if not isinstance(doc, dict):
             raise self.fail("kdf", "a JSON object", type(doc).__name__)
-        name = self.str_field(doc, "name", "kdf.", ("key", "scrypt"))
+        name = self.string(doc, "name", where="kdf.", choices=("key", "scrypt"))
         if name == "key":
-            self.exact_keys(doc, {"name"}, "kdf")
+            self.exact_keys(doc, {"name"}, where="kdf")
             return KdfParams()
-        self.exact_keys(doc, {"name", "salt", "n", "r", "p"}, "kdf")
-        salt = self.b64_field(doc, "salt", "kdf.", 16, 64)
-        n = self.int_field(doc, "n", "kdf.", *SCRYPT_N_RANGE)
-        if n & (n - 1):
+        self.exact_keys(doc, {"name", "salt", "n", "r", "p"}, where="kdf")
+        salt = self.b64(doc, "salt", 16, 64, where="kdf.")
+        n = self.integer(doc, "n", *SCRYPT_N_RANGE, where="kdf.")
+        if n & (n - 1):  # type: ignore[operator]
             raise self.fail("kdf.n", "a power of two", n)
-        return KdfParams("scrypt", salt, n, self.int_field(doc, "r", "kdf.", 1, 32), self.int_field(doc, "p", "kdf.", 1, 16))
+        r, p = self.integer(doc, "r", 1, 32, where="kdf."), self.integer(doc, "p", 1, 16, where="kdf.")
+        return KdfParams("scrypt", salt, n, r, p)  # type: ignore[arg-type]
 
     def parse_tensors(self, doc: Any, payload_bytes: int) -> tuple[TensorEntry, ...]:
         if not isinstance(doc, list):
@@ -338,22 +266,20 @@ class _HeaderParser:
         end, previous = 0, None
         for i, item in enumerate(doc):
             where = f"tensors[{i}]."
-            item = self.exact_keys(item, _ENTRY_KEYS, f"tensors[{i}]")
-            name = item["name"]
-            if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_CHARS:
+            item = self.exact_keys(item, _ENTRY_KEYS, where=f"tensors[{i}]")
+            name = self.string(item, "name", where=where, max_chars=MAX_NAME_CHARS)
+            if not name:
                 raise self.fail(f"{where}name", f"a non-empty string of at most {MAX_NAME_CHARS} characters", name)
             if previous is not None and not previous < name:
                 raise self.fail(f"{where}name", f"names sorted and unique (after {previous!r})", name)
             previous = name
-            dtype = self.str_field(item, "dtype", where, tuple(_ALL_DTYPES))
-            shape = item["shape"]
-            if not isinstance(shape, list) or len(shape) > MAX_NDIM or any(type(d) is not int or not 0 <= d <= MAX_PAYLOAD_BYTES for d in shape):
-                raise self.fail(f"{where}shape", f"a list of at most {MAX_NDIM} non-negative integers", shape)
+            dtype = str(self.string(item, "dtype", where=where, choices=tuple(_ALL_DTYPES)))
+            shape = self.int_list(item, "shape", 0, MAX_PAYLOAD_BYTES, where=where, max_items=MAX_NDIM)
             numel = math.prod(shape)
-            nbytes = self.int_field(item, "nbytes", where, 0, MAX_PAYLOAD_BYTES)
+            nbytes = self.integer(item, "nbytes", 0, MAX_PAYLOAD_BYTES, where=where)
             if numel * itemsize(dtype) != nbytes:
                 raise self.fail(f"{where}nbytes", f"{numel * itemsize(dtype)} (shape {shape} x {itemsize(dtype)}-byte {dtype})", nbytes)
-            offset = self.int_field(item, "offset", where, 0, MAX_PAYLOAD_BYTES)
+            offset = self.integer(item, "offset", 0, MAX_PAYLOAD_BYTES, where=where)
             if offset != _align(end):
                 raise self.fail(f"{where}offset", f"{_align(end)} (canonical layout)", offset)
             end = offset + nbytes
@@ -362,17 +288,7 @@ class _HeaderParser:
             locked = item["locked"]
             if locked is not (dtype in LOCKABLE_DTYPES):
                 raise self.fail(f"{where}locked", str(dtype in LOCKABLE_DTYPES).lower() + f" for dtype {dtype}", locked)
-            entries.append(TensorEntry(name, dtype, tuple(shape), offset, nbytes, locked))
+            entries.append(TensorEntry(name, dtype, tuple(shape), offset, nbytes, locked))  # type: ignore[arg-type]
         if end != payload_bytes:
             raise self.fail("payload_bytes", f"{end} (the end of the last tensor)", payload_bytes)
         return tuple(entries)
-
-    def parse_metadata(self, doc: Any) -> dict[str, str]:
-        if not isinstance(doc, dict):
-            raise self.fail("metadata", "a JSON object", type(doc).__name__)
-        if len(doc) > MAX_METADATA_ENTRIES:
-            raise self.fail("metadata", f"at most {MAX_METADATA_ENTRIES} entries", f"{len(doc)} entries")
-        for key, value in doc.items():
-            if not isinstance(value, str):
-                raise self.fail(f"metadata[{key!r}]", "a string", value)
-        return dict(doc)

@@ -25,7 +25,7 @@ import hmac
 import os
 import secrets
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from modelshield._io import atomic_write_bytes
+from modelshield.container import open_input
 from modelshield.errors import ConfigError, FormatError, IntegrityError, did_you_mean
 from modelshield.keys import ScryptParams, SecretKey
 from modelshield.lock.engine import lock_payload, unlock_payload
@@ -270,17 +271,7 @@ class LockedModel:
             FormatError: not a locked file, unsupported version, malformed header, wrong size.
         """
         view = memoryview(data).cast("B")
-        header_len = parse_prefix(bytes(view[: PREFIX.size]), source)
-        if PREFIX.size + header_len > len(view):
-            raise FormatError(f"{source}: truncated file: the header needs {PREFIX.size + header_len} bytes, file has {len(view)}")
-        header_bytes = bytes(view[PREFIX.size : PREFIX.size + header_len])
-        header = LockHeader.from_bytes(header_bytes, source)
-        start = payload_start(header_len)
-        expected = start + header.payload_bytes + TAG_BYTES
-        if len(view) != expected:
-            raise FormatError(f"{source}: truncated or extended file: header says {expected} bytes, file has {len(view)}")
-        if any(view[PREFIX.size + header_len : start]):
-            raise FormatError(f"{source}: header padding is not zero")
+        header, header_bytes, start = _read_head(lambda offset, n: bytes(view[offset : offset + n]), len(view), source)
         payload = np.frombuffer(view, dtype=np.uint8, count=header.payload_bytes, offset=start)  # read-only view, no copy
         tag = bytes(view[start + header.payload_bytes :])
         return cls(header, header_bytes, payload, tag, source)
@@ -295,31 +286,33 @@ class LockedModel:
         """
         path = Path(path)
         source = str(path)
-        try:
-            handle = open(path, "rb")  # noqa: SIM115 - closed below
-        except FileNotFoundError:
-            raise ConfigError(f"locked file {path} does not exist (create one with `modelshield lock`)") from None
-        except IsADirectoryError:
-            raise ConfigError(f"{path} is a directory, expected a locked file") from None
-        with handle:
-            size = os.fstat(handle.fileno()).st_size
-            header_len = parse_prefix(handle.read(PREFIX.size), source)
-            if PREFIX.size + header_len > size:
-                raise FormatError(f"{source}: truncated file: the header needs {PREFIX.size + header_len} bytes, file has {size}")
-            header_bytes = handle.read(header_len)
-            header = LockHeader.from_bytes(header_bytes, source)
-            start = payload_start(header_len)
-            expected = start + header.payload_bytes + TAG_BYTES
-            if size != expected:
-                raise FormatError(f"{source}: truncated or extended file: header says {expected} bytes, file has {size}")
-            if any(handle.read(start - PREFIX.size - header_len)):
-                raise FormatError(f"{source}: header padding is not zero")
+        with open_input(path, what="locked file", missing_hint=" (create one with `modelshield lock`)") as handle:
+            header, header_bytes, start = _read_head(lambda offset, n: handle.read(n), os.fstat(handle.fileno()).st_size, source)
             payload = np.empty(header.payload_bytes, dtype=np.uint8)
             got = handle.readinto(memoryview(payload)) if header.payload_bytes else 0
             tag = handle.read(TAG_BYTES)
             if got != header.payload_bytes or len(tag) != TAG_BYTES or handle.read(1):
                 raise FormatError(f"{source}: the file changed size while it was read")
         return cls(header, header_bytes, payload, tag, source)
+
+
+def _read_head(read: Callable[[int, int], bytes], size: int, source: str) -> tuple[LockHeader, bytes, int]:
+    """Prefix, header, size and padding checks (section 5 order), reading sequentially through ``read(offset, n)``.
+
+    Returns the header, its bytes and the payload offset; ``read`` is left positioned at the payload.
+    """
+    header_len = parse_prefix(read(0, PREFIX.size), source)
+    if PREFIX.size + header_len > size:
+        raise FormatError(f"{source}: truncated file: the header needs {PREFIX.size + header_len} bytes, file has {size}")
+    header_bytes = read(PREFIX.size, header_len)
+    header = LockHeader.from_bytes(header_bytes, source)
+    start = payload_start(header_len)
+    expected = start + header.payload_bytes + TAG_BYTES
+    if size != expected:
+        raise FormatError(f"{source}: truncated or extended file: header says {expected} bytes, file has {size}")
+    if any(read(PREFIX.size + header_len, start - PREFIX.size - header_len)):
+        raise FormatError(f"{source}: header padding is not zero")
+    return header, header_bytes, start
 
 
 def lock_state_dict(state_dict: Mapping[str, torch.Tensor], key: LockKey, config: LockConfig | None = None, *,

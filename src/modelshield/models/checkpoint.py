@@ -1,9 +1,11 @@
 """Checkpoints: one ``.safetensors`` file holding the weights and a JSON metadata record.
 
 The metadata lives in the safetensors header under the key ``modelshield`` and records the architecture and
-its arguments, the dataset, the input normalisation, accuracy, seed and library versions. Loading never
-unpickles: safetensors validates the header; we validate the JSON and the state dict against the
-architecture, and every failure is a :class:`FormatError` naming the file and the problem.
+its arguments, the dataset, the input normalisation, accuracy, seed and library versions (format
+``modelshield-checkpoint``, version 1; keys ``architecture``, ``arch_args``, ``dataset``, ``normalization``,
+optional ``accuracy``, ``seed``, ``extra``, ``versions``). Loading never unpickles: the safetensors header and
+the metadata are checked with the shared rules of :mod:`modelshield.container` before any tensor is read,
+then the state dict against the architecture; every failure is a :class:`FormatError` naming the file.
 
 Example:
     >>> import os, tempfile
@@ -18,7 +20,6 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import platform
 from dataclasses import asdict, dataclass, field, replace
@@ -31,15 +32,36 @@ from safetensors.torch import save as safetensors_save
 from torch import nn
 
 from modelshield._io import atomic_write_bytes
+from modelshield.container import Fields, HeaderSpec, encode_header, metadata_header, parse_header, read_safetensors_header
 from modelshield.data.types import Normalization
 from modelshield.errors import ConfigError, FormatError
 from modelshield.models.registry import MODEL_REGISTRY, build_model
 
-__all__ = ["Checkpoint", "CheckpointMeta", "load_checkpoint", "save_checkpoint", "state_dict_fingerprint"]
+__all__ = ["Checkpoint", "CheckpointMeta", "load_checkpoint", "read_normalization", "save_checkpoint", "state_dict_fingerprint"]
 
 FORMAT = "modelshield-checkpoint"
 FORMAT_VERSION = 1
-_MAX_META_BYTES = 1 << 20
+METADATA_KEY = "modelshield"
+SPEC = HeaderSpec("checkpoint", FORMAT, FORMAT_VERSION, required={"architecture", "arch_args", "dataset", "normalization"},
+                  optional={"accuracy", "seed", "extra", "versions"}, max_bytes=1 << 20)
+
+
+def read_normalization(fields: Fields, doc: dict[str, Any], key: str = "normalization") -> Normalization:
+    """The header field ``key`` as :class:`Normalization` (``{"mean": [...], "std": [...]}``); FormatError otherwise.
+
+    Example:
+        >>> read_normalization(Fields("m.safetensors"), {"normalization": {"mean": [0.5], "std": [0.0]}})
+        Traceback (most recent call last):
+        ...
+        modelshield.errors.FormatError: m.safetensors: header field normalization: expected one mean and one positive finite std per channel, got {'mean': [0.5], 'std': [0.0]}
+    """
+    value = fields.exact_keys(fields.obj(doc, key), {"mean", "std"}, where=key)
+    mean = fields.number_list(value, "mean", where=f"{key}.", max_items=4096)
+    std = fields.number_list(value, "std", where=f"{key}.", max_items=4096)
+    try:
+        return Normalization(tuple(mean), tuple(std))
+    except ConfigError:
+        raise fields.fail(key, "one mean and one positive finite std per channel", value) from None
 
 
 def library_versions() -> dict[str, str]:
@@ -95,35 +117,31 @@ class CheckpointMeta:
         return int(self.arch_args["num_classes"])
 
     def to_json(self) -> str:
+        """The metadata as a version-1 header (canonical JSON text).
+
+        Raises:
+            ConfigError: a value JSON cannot hold (NaN accuracy, a non-JSON ``extra``).
+        """
         doc = asdict(self)
         doc["normalization"] = self.normalization.to_dict()
-        return json.dumps({"format": FORMAT, "version": FORMAT_VERSION, **doc}, sort_keys=True)
+        return encode_header(doc, SPEC).decode("utf-8")
 
     @classmethod
     def from_json(cls, text: str, source: str) -> CheckpointMeta:
-        if len(text) > _MAX_META_BYTES:
-            raise FormatError(f"{source}: metadata is {len(text)} bytes, over the {_MAX_META_BYTES}-byte cap")
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise FormatError(f"{source}: metadata is not valid JSON ({exc.msg})") from None
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-            raise FormatError(f"{source}: not a modelshield checkpoint (metadata format is {doc.get('format') if isinstance(doc, dict) else None!r})")
-        if doc.get("version") != FORMAT_VERSION:
-            raise FormatError(f"{source}: checkpoint format version {doc.get('version')!r} is not supported (expected {FORMAT_VERSION})")
-        try:
-            arch_args = doc["arch_args"]
-            if not isinstance(arch_args, dict):
-                raise TypeError("arch_args must be an object")
-            return cls(
-                architecture=str(doc["architecture"]), arch_args=arch_args, dataset=str(doc["dataset"]),
-                normalization=Normalization.from_dict(doc["normalization"]),
-                accuracy=None if doc.get("accuracy") is None else float(doc["accuracy"]),
-                seed=None if doc.get("seed") is None else int(doc["seed"]),
-                extra=dict(doc.get("extra") or {}), versions=dict(doc.get("versions") or {}),
-            )
-        except (KeyError, TypeError, ValueError, ConfigError) as exc:
-            raise FormatError(f"{source}: malformed checkpoint metadata ({exc})") from None
+        """Parse and check a metadata header (see the module docstring); FormatError naming ``source``."""
+        return cls._from_header(parse_header(text, SPEC, source), source)
+
+    @classmethod
+    def _from_header(cls, doc: dict[str, Any], source: str) -> CheckpointMeta:
+        fields = Fields(source)
+        return cls(
+            architecture=str(fields.string(doc, "architecture", max_chars=256)), arch_args=fields.obj(doc, "arch_args"),
+            dataset=str(fields.string(doc, "dataset", max_chars=1024)), normalization=read_normalization(fields, doc),
+            accuracy=fields.number(doc, "accuracy", 0.0, 1.0, nullable=True) if "accuracy" in doc else None,
+            seed=fields.integer(doc, "seed", -(2**63), 2**64 - 1, nullable=True) if "seed" in doc else None,
+            extra=fields.obj(doc, "extra") if "extra" in doc else {},
+            versions=fields.str_map(doc, "versions", max_entries=64) if "versions" in doc else {},
+        )
 
 
 @dataclass(frozen=True)
@@ -155,22 +173,15 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, meta: Checkp
     """Write weights + metadata atomically to a ``.safetensors`` file; returns the path."""
     meta = replace(meta, versions=library_versions())
     tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
-    payload = safetensors_save(tensors, metadata={"modelshield": meta.to_json()})
+    payload = safetensors_save(tensors, metadata={METADATA_KEY: meta.to_json()})
     return atomic_write_bytes(path, payload)
 
 
 def read_checkpoint_meta(path: str | os.PathLike[str]) -> CheckpointMeta:
     """Read only the metadata of a checkpoint (cheap; validates the header)."""
     path = _existing(path)
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise FormatError(f"{path}: not a readable safetensors checkpoint ({exc})") from None
-    if "modelshield" not in metadata:
-        raise FormatError(f"{path}: a safetensors file without modelshield metadata; "
-                          "load it into your own module with load_checkpoint(path, model=...)")
-    return CheckpointMeta.from_json(metadata["modelshield"], str(path))
+    header = read_safetensors_header(path)
+    return CheckpointMeta._from_header(metadata_header(header, METADATA_KEY, SPEC, str(path)), str(path))
 
 
 def _existing(path: str | os.PathLike[str]) -> Path:

@@ -10,8 +10,9 @@ rate limit (with ``Retry-After``) or budget spent.
 Example:
     >>> import torch
     >>> from fastapi.testclient import TestClient
-    >>> from modelshield.defense import NoDefense, InMemoryStateStore
+    >>> from modelshield.defense import NoDefense, ProtectedModel
     >>> from modelshield.models import build_model
+    >>> from modelshield.state import InMemoryStateStore
     >>> store = InMemoryStateStore()
     >>> model = ProtectedModel(build_model("lenet5", in_channels=1, image_size=8, num_classes=10), NoDefense(),
     ...                        store=store, input_shape=(1, 8, 8))
@@ -41,10 +42,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modelshield import __version__
 from modelshield.errors import BudgetExceeded, ConfigError
-from modelshield.serve._compat import ClientPolicy, ProtectedModel
+from modelshield.defense import ClientPolicy, ProtectedModel
 from modelshield.serve.clients import ClientRecord, ClientRegistry
 from modelshield.serve.config import ClientSpec, ServeConfig
-from modelshield.serve.metrics import ServerMetrics
+from modelshield.serve.metrics import ActionRecorder, ServerMetrics
 from modelshield.serve.protocol import (
     BadRequest,
     ErrorResponse,
@@ -258,7 +259,7 @@ def create_app(model: ProtectedModel, registry: ClientRegistry, config: ServeCon
             raise ApiError(429, f"rate limit: {spec.rate:g} requests per second (burst {spec.bucket_size}); retry in {wait} s",
                            {"Retry-After": str(wait)})
         try:
-            probs, actions = model.answer_with_actions(x, record.client_id, ClientPolicy(spec.output, spec.budget))
+            probs = model.answer(x, record.client_id, ClientPolicy(spec.output, spec.budget))
         except BudgetExceeded:
             metrics.refused("budget")
             used = model.queries(record.client_id)
@@ -266,7 +267,8 @@ def create_app(model: ProtectedModel, registry: ClientRegistry, config: ServeCon
                                 f"{x.shape[0]} more") from None
         except ConfigError as exc:
             raise ApiError(400, str(exc)) from None
-        metrics.observe_answers(actions)
+        recorder = model.defense
+        metrics.observe_answers(recorder.take() if isinstance(recorder, ActionRecorder) else {recorder.name: int(x.shape[0])})
         n = int(x.shape[0])
         outputs = []
         for out in wanted:

@@ -11,7 +11,7 @@ Store keys (one store shared by every replica): ``client:<id>`` (the record, JSO
 their counts and QUEEN state stay for audit.
 
 Example:
-    >>> from modelshield.defense.store import InMemoryStateStore
+    >>> from modelshield.state import InMemoryStateStore
     >>> registry = ClientRegistry(InMemoryStateStore())
     >>> record, key = registry.add("alice", ClientSpec(output="label", budget=1000))
     >>> registry.authenticate(key).client_id, record.spec.output

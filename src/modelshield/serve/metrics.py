@@ -20,10 +20,15 @@ Example:
 from __future__ import annotations
 
 import os
+import threading
+from typing import Any
 
+import torch
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
-__all__ = ["ServerMetrics"]
+from modelshield.defense.base import Defense
+
+__all__ = ["ActionRecorder", "ServerMetrics"]
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -69,3 +74,49 @@ class ServerMetrics:
             multiprocess.MultiProcessCollector(registry)
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class ActionRecorder(Defense):
+    """A defense, unchanged, that also notes how many answers each of its actions produced (for the metrics).
+
+    QUEEN reports which answers it reversed (:meth:`~modelshield.defense.QueenDefense.answer_with_decisions`);
+    every other defense's answers count under its own name. The note is per thread: ``ProtectedModel.answer``
+    calls the defense once per batch in the calling thread, and :meth:`take` reads and clears it there.
+
+    Example:
+        >>> import torch
+        >>> from modelshield.defense import NoDefense
+        >>> rec = ActionRecorder(NoDefense())
+        >>> _ = rec.answer(torch.zeros(3, 1, 2, 2), torch.zeros(3, 2), torch.zeros(3, 4), "alice")
+        >>> rec.take(), rec.take()
+        ({'none': 3}, {})
+    """
+
+    def __init__(self, inner: Defense) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self._local = threading.local()
+
+    def answer(self, x: torch.Tensor, logits: torch.Tensor, features: torch.Tensor, client_id: str) -> torch.Tensor:
+        decide = getattr(self.inner, "answer_with_decisions", None)
+        if decide is None:
+            out = self.inner.answer(x, logits, features, client_id)
+            actions = {self.inner.name: int(x.shape[0])}
+        else:
+            out, reversed_rows = decide(x, logits, features, client_id)
+            n_rev = int(reversed_rows.sum())
+            actions = {"reversed": n_rev, "perturbed": int(x.shape[0]) - n_rev}
+        self._local.actions = actions
+        return out
+
+    def take(self) -> dict[str, int]:
+        """The actions of this thread's last answered batch (then forgotten)."""
+        actions = getattr(self._local, "actions", None) or {}
+        self._local.actions = None
+        return actions
+
+    def describe(self) -> dict[str, Any]:
+        return self.inner.describe()
+
+    def reset(self, client_id: str | None = None) -> None:
+        self.inner.reset(client_id)

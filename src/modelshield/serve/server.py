@@ -6,7 +6,7 @@ through the environment variable ``MODELSHIELD_SERVE_OPTIONS``.
 
 Example:
     >>> open_state_store("memory")
-    <modelshield.defense.store.InMemoryStateStore object at ...>
+    <modelshield.state.InMemoryStateStore object at ...>
     >>> open_state_store("postgres://db")
     Traceback (most recent call last):
     ...
@@ -24,9 +24,9 @@ from typing import Any
 
 from torch import nn
 
-from modelshield.defense.store import InMemoryStateStore, SQLiteStateStore
 from modelshield.errors import ConfigError
 from modelshield.serve.config import ServeConfig
+from modelshield.state import InMemoryStateStore, SQLiteStateStore
 
 __all__ = ["OPTIONS_ENV", "ServeOptions", "build_app", "load_served_model", "open_state_store", "run_server"]
 
@@ -148,9 +148,10 @@ def load_served_model(options: ServeOptions) -> tuple[nn.Module, tuple[int, int,
 
 def build_app(options: ServeOptions) -> Any:
     """Load everything ``options`` names and return the FastAPI app."""
+    from modelshield.defense import ProtectedModel
     from modelshield.defense.registry import build_defense
-    from modelshield.serve._compat import ProtectedModel
     from modelshield.serve.app import create_app
+    from modelshield.serve.metrics import ActionRecorder
     from modelshield.serve.clients import ClientRegistry
 
     store = open_state_store(options.config.state)
@@ -165,7 +166,7 @@ def build_app(options: ServeOptions) -> Any:
                                 queen=QueenConfig(**options.queen_config), store=store)
     else:
         defense = build_defense(options.defense, **options.defense_settings)
-    protected = ProtectedModel(model, defense, store=store, input_shape=input_shape, max_batch=options.max_batch)
+    protected = ProtectedModel(model, ActionRecorder(defense), store=store, input_shape=input_shape, max_batch=options.max_batch)
     return create_app(protected, ClientRegistry(store), options.config)
 
 

@@ -14,10 +14,12 @@ from modelshield.attacks.extraction import (
     QueryPool,
     build_attack,
     query_pool,
+    TranscriptScore,
     run_extraction,
+    score_transcript,
 )
 from modelshield.data import TensorData, make_synthetic
-from modelshield.defense import TopOneDefense
+from modelshield.defense import ClientPolicy, NoDefense, ProtectedModel, TopOneDefense
 from modelshield.errors import BudgetExceeded, ConfigError
 from modelshield.models import build_model
 from modelshield.oracle import ModelOracle
@@ -36,7 +38,7 @@ def victim() -> tuple[torch.nn.Module, TensorData, QueryPool]:
 
 def test_random_knockoff_spends_exactly_the_budget_on_distinct_pool_images(victim) -> None:  # type: ignore[no-untyped-def]
     model, _, pool = victim
-    oracle = ModelOracle(model, budget=300)
+    oracle = ModelOracle(ProtectedModel(model, NoDefense()), policy=ClientPolicy(budget=300))
     t = KnockoffNets(KnockoffConfig(budget=300, batch_size=64)).collect(oracle, pool)
     assert len(t) == 300 and oracle.queries == 300
     assert len(torch.unique(t.x.flatten(1), dim=0)) == 300
@@ -56,7 +58,7 @@ def test_adaptive_knockoff_respects_the_budget(victim) -> None:  # type: ignore[
 @pytest.mark.parametrize("targeted", [False, True])
 def test_jbda_augments_by_signed_steps_within_the_budget(victim, targeted: bool) -> None:  # type: ignore[no-untyped-def]
     model, _, pool = victim
-    oracle = ModelOracle(model, output="label")
+    oracle = ModelOracle(ProtectedModel(model, NoDefense()), policy=ClientPolicy(output="label"))
     cfg = JBDAConfig(budget=130, seed_size=40, targeted=targeted, epochs_per_round=1, step=0.1)
     t = JBDA(cfg).collect(oracle, pool)
     assert len(t) == 130 == oracle.queries
@@ -72,15 +74,23 @@ def test_soft_label_knockoff_really_copies_an_undefended_victim(victim) -> None:
     model, test, pool = victim
     r = run_extraction(build_attack("knockoff", budget=500), ModelOracle(model), pool, test, victim=model,
                        pirate=PirateConfig(epochs=12, seed=0))
-    assert r.labels == "soft" and r.queries == 500
+    assert r.labels == "soft" and r.queries == 500 and len(r.transcript) == 500
     assert r.fidelity is not None and r.fidelity > 0.85, r
+    agree = float((r.pirate(test.x).argmax(1) == model(test.x).argmax(1)).float().mean())
+    assert agree == r.fidelity  # the result carries the pirate that was scored
+    assert set(r.summary()) == {"attack", "labels", "pool", "queries", "pirate_architecture", "accuracy", "fidelity",
+                                "query_seconds", "train_seconds"}
+    again = score_transcript(r.transcript, test, victim=model, pirate=PirateConfig(epochs=12, seed=0))
+    assert isinstance(again, TranscriptScore) and (again.accuracy, again.fidelity) == (r.accuracy, r.fidelity)
 
 
 def test_hard_label_oracle_and_top1_defense_give_the_same_transcript(victim) -> None:  # type: ignore[no-untyped-def]
     model, _, pool = victim
-    a = build_attack("knockoff", budget=100).collect(ModelOracle(model, output="label"), pool)
-    b = build_attack("knockoff", budget=100).collect(ModelOracle(model, TopOneDefense()), pool)
+    label_only = ModelOracle(ProtectedModel(model, NoDefense()), policy=ClientPolicy(output="label"))
+    a = build_attack("knockoff", budget=100).collect(label_only, pool)
+    b = build_attack("knockoff", budget=100).collect(ModelOracle(ProtectedModel(model, TopOneDefense())), pool)
     assert torch.equal(a.answers, b.answers) and a.digest() == b.digest()
+    assert a.labels == b.labels == "hard" and a.prefix(10).labels == "hard"
 
 
 def test_attack_and_pool_errors(data_root) -> None:  # type: ignore[no-untyped-def]

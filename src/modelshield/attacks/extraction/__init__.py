@@ -1,7 +1,7 @@
 """Model extraction attacks against a black-box :class:`~modelshield.oracle.Oracle`.
 
 KnockoffNets (random and adaptive query selection), JBDA and JBDA-TR (Jacobian-based augmentation from a
-small seed set); soft-label or hard-label according to the oracle's output mode; a pirate of the same or
+small seed set); soft-label or hard-label according to what the server's policy for the client answers; a pirate of the same or
 another architecture trained on the answers; query pools from the victim's own distribution or a surrogate.
 """
 
@@ -13,6 +13,7 @@ from modelshield.attacks.extraction.run import (
     ATTACK_NAMES,
     ExtractionAttack,
     ExtractionResult,
+    TranscriptScore,
     build_attack,
     run_extraction,
     score_transcript,
@@ -33,6 +34,7 @@ __all__ = [
     "PirateScore",
     "QueryPool",
     "Transcript",
+    "TranscriptScore",
     "build_attack",
     "query_pool",
     "run_extraction",

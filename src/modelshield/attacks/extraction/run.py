@@ -5,21 +5,22 @@ Example:
     >>> from modelshield.data import make_synthetic
     >>> from modelshield.models import build_model
     >>> from modelshield.oracle import ModelOracle
+    >>> from modelshield.defense import ClientPolicy, NoDefense, ProtectedModel
     >>> from modelshield.attacks.extraction.pools import QueryPool
     >>> data = make_synthetic(400, num_classes=4, seed=0)
     >>> victim = build_model("lenet5", in_channels=1, image_size=8, num_classes=4)
-    >>> oracle = ModelOracle(victim, output="label")
+    >>> oracle = ModelOracle(ProtectedModel(victim, NoDefense()), policy=ClientPolicy(output="label"))
     >>> attack = build_attack("knockoff", budget=200)
     >>> r = run_extraction(attack, oracle, QueryPool(data.x, "synthetic"), data, victim=victim,
     ...                    pirate=PirateConfig(epochs=2))
-    >>> r.attack, r.labels, r.queries
-    ('knockoff', 'hard', 200)
+    >>> r.attack, r.labels, r.queries, len(r.transcript), type(r.pirate).__name__
+    ('knockoff', 'hard', 200, 200, 'LeNet5')
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 from torch import nn
@@ -33,7 +34,8 @@ from modelshield.data.types import TensorData
 from modelshield.errors import ConfigError, did_you_mean
 from modelshield.oracle import Oracle
 
-__all__ = ["ATTACK_NAMES", "ExtractionAttack", "ExtractionResult", "build_attack", "run_extraction", "score_transcript"]
+__all__ = ["ATTACK_NAMES", "ExtractionAttack", "ExtractionResult", "TranscriptScore", "build_attack", "run_extraction",
+           "score_transcript"]
 
 ATTACK_NAMES = ("knockoff", "knockoff-adaptive", "jbda", "jbda-tr")
 
@@ -71,12 +73,30 @@ def build_attack(name: str, *, budget: int, seed: int = 0, **settings: Any) -> E
 
 
 @dataclass(frozen=True)
+class TranscriptScore:
+    """A pirate trained on a transcript, and its scores.
+
+    Attributes:
+        pirate: the trained pirate (eval mode).
+        accuracy: pirate test accuracy.
+        fidelity: agreement of the pirate with the victim on the test set (None without the victim).
+        train_seconds: time spent training the pirate.
+    """
+
+    pirate: nn.Module = field(repr=False, compare=False)
+    accuracy: float
+    fidelity: float | None
+    train_seconds: float
+
+
+@dataclass(frozen=True)
 class ExtractionResult:
-    """Outcome of one extraction.
+    """Outcome of one extraction: what was collected, the pirate trained on it, and its scores.
 
     Attributes:
         attack: attack name.
-        labels: ``soft`` (probability answers) or ``hard`` (top-1 label answers).
+        labels: ``soft`` (probability answers) or ``hard`` (every answer one-hot: a label-only client or a
+            top-1 defense); see :attr:`Transcript.labels`.
         pool: query pool name.
         queries: queries spent.
         pirate_architecture: pirate model.
@@ -84,6 +104,8 @@ class ExtractionResult:
         fidelity: agreement of the pirate with the victim on the test set (None without the victim).
         query_seconds: time spent collecting.
         train_seconds: time spent training the pirate.
+        pirate: the trained pirate.
+        transcript: the queries and the answers received.
     """
 
     attack: str
@@ -95,16 +117,22 @@ class ExtractionResult:
     fidelity: float | None
     query_seconds: float
     train_seconds: float
+    pirate: nn.Module = field(repr=False, compare=False)
+    transcript: Transcript = field(repr=False, compare=False)
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON-able fields (everything but the pirate and the transcript)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("pirate", "transcript")}
 
 
 def score_transcript(transcript: Transcript, test: TensorData, *, victim: nn.Module | None = None,
-                     pirate: PirateConfig | None = None, progress: bool = False) -> tuple[float, float | None, float]:
-    """Train a pirate on a transcript; return (accuracy, fidelity, training seconds)."""
+                     pirate: PirateConfig | None = None, progress: bool = False) -> TranscriptScore:
+    """Train a pirate on a transcript and score it on ``test`` (accuracy; fidelity to ``victim`` if given)."""
     start = time.perf_counter()
     model = train_pirate(transcript.x, transcript.answers, pirate, progress=progress)
     seconds = time.perf_counter() - start
     score = score_pirate(model, test, victim)
-    return score.accuracy, score.fidelity, seconds
+    return TranscriptScore(model, score.accuracy, score.fidelity, seconds)
 
 
 def run_extraction(attack: ExtractionAttack, oracle: Oracle, pool: QueryPool, test: TensorData, *,
@@ -115,6 +143,7 @@ def run_extraction(attack: ExtractionAttack, oracle: Oracle, pool: QueryPool, te
     start = time.perf_counter()
     transcript = attack.collect(oracle, pool)
     query_seconds = time.perf_counter() - start
-    accuracy, fidelity, train_seconds = score_transcript(transcript, test, victim=victim, pirate=pirate, progress=progress)
-    return ExtractionResult(attack.name, "hard" if oracle.output == "label" else "soft", pool.name, len(transcript),
-                            pirate.architecture, accuracy, fidelity, round(query_seconds, 3), round(train_seconds, 3))
+    score = score_transcript(transcript, test, victim=victim, pirate=pirate, progress=progress)
+    return ExtractionResult(attack.name, transcript.labels, pool.name, len(transcript), pirate.architecture,
+                            score.accuracy, score.fidelity, round(query_seconds, 3), round(score.train_seconds, 3),
+                            score.pirate, transcript)

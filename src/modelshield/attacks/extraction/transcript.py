@@ -3,8 +3,10 @@
 Example:
     >>> import torch
     >>> t = Transcript(torch.zeros(5, 1, 2, 2), torch.full((5, 3), 1 / 3))
-    >>> len(t), len(t.prefix(2))
-    (5, 2)
+    >>> len(t), len(t.prefix(2)), t.labels
+    (5, 2, 'soft')
+    >>> Transcript(torch.zeros(2, 1, 2, 2), torch.eye(3)[[2, 0]]).labels
+    'hard'
 """
 
 from __future__ import annotations
@@ -32,6 +34,13 @@ class Transcript:
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
+
+    @property
+    def labels(self) -> str:
+        """``"hard"`` when every answer is a one-hot row (a label-only client, or a top-1 defense), else ``"soft"``."""
+        a = self.answers
+        one_hot = bool(((a == 0) | (a == 1)).all()) and bool((a.sum(dim=1) == 1).all())
+        return "hard" if len(self) and one_hot else "soft"
 
     def prefix(self, n: int) -> Transcript:
         """The first ``n`` queries and answers (what an attacker with budget ``n`` would have collected)."""
