@@ -91,10 +91,11 @@ async def _load_run(url: str, keys: list[str], bodies: list[list[bytes]], batch:
 
     latencies: list[float] = []
     errors = 0
+    kinds: dict[str, int] = {}
     counted = 0
     start = time.perf_counter()
     begin, end = start + warmup, start + warmup + seconds
-    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=len(keys))) as http:
+    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=len(keys))) as http:
         async def client(i: int) -> None:
             nonlocal errors, counted
             headers = {"Authorization": f"Bearer {keys[i]}", "Content-Type": "application/json"}
@@ -105,21 +106,23 @@ async def _load_run(url: str, keys: list[str], bodies: list[list[bytes]], batch:
                     return
                 try:
                     r = await http.post(f"{url}/v2/models/{NAME}/infer", content=own[j % len(own)], headers=headers)
-                    ok = r.status_code == 200
-                except httpx.HTTPError:
-                    ok = False
+                    ok, kind = r.status_code == 200, f"HTTP {r.status_code}"
+                except httpx.HTTPError as exc:
+                    ok, kind = False, type(exc).__name__
                 t1 = time.perf_counter()
                 j += 1
                 if begin <= t1 <= end:  # completions inside the window (each client keeps one request in flight)
                     counted += 1
                     latencies.append(t1 - t0)
                     errors += not ok
+                    if not ok:
+                        kinds[kind] = kinds.get(kind, 0) + 1
 
         await asyncio.gather(*(client(i) for i in range(len(keys))))
     latencies.sort()
     n = len(latencies)
     good = n - errors
-    return {"requests": n, "errors": errors, "requests_per_s": good / seconds, "images_per_s": good * batch / seconds,
+    return {"requests": n, "errors": errors, "error_kinds": kinds, "requests_per_s": good / seconds, "images_per_s": good * batch / seconds,
             "p50_ms": 1000 * latencies[n // 2] if n else None,
             "p99_ms": 1000 * latencies[min(n - 1, int(0.99 * n))] if n else None,
             "mean_ms": 1000 * statistics.fmean(latencies) if n else None}
@@ -224,11 +227,14 @@ def _markdown(results: dict[str, Any]) -> str:
     rows = [[c["store"], c["defense"], c["batch"], f(c["requests_per_s"]), f(c["images_per_s"], 0), f(c["p50_ms"]),
              f(c["p99_ms"]), c["errors"], f"{c['load_before'][0]:.1f} -> {c['load_after'][0]:.1f}" if c["load_before"] else "-"]
             for c in results["cells"]]
+    errors = [f"{c['store']} / {c['defense']} / {c['batch']}: " + ", ".join(f"{k} x{v}" for k, v in c["error_kinds"].items())
+              for c in results["cells"] if c["error_kinds"]]
     ratio_rows = [[r["store"], r["batch"], f(r["queen_over_none"], 2), "yes" if r["met"] else "no"] for r in results["ratios"]]
     return "\n".join([
         f"## Throughput and latency ({results['clients']} concurrent clients, {results['seconds_per_cell']:.0f} s per cell, loopback)", "",
         markdown_table(["store", "defense", "images/request", "requests/s", "images/s", "p50 ms", "p99 ms", "errors",
                         "load (1 min) before -> after"], rows), "",
+        *([f"Errors: {'; '.join(errors)}.", ""] if errors else []),
         f"## QUEEN against the undefended server (goal: >= {results['goal_ratio']}x requests/s, 0 errors)", "",
         markdown_table(["store", "images/request", "QUEEN / none", "goal met"], ratio_rows), "",
         f"Goal met in every cell: {'yes' if results['goal_met'] else 'no'}. Server, load generator and other jobs share "
