@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from modelshield.bench.harness import BenchContext, SuiteReport, markdown_table
+from modelshield.bench.harness import BenchContext, Criterion, SuiteReport, markdown_table
 from modelshield.training import TrainConfig
 
 __all__ = ["CLIENTS", "GOAL_RATIO", "run"]
@@ -204,7 +204,16 @@ def run(ctx: BenchContext) -> SuiteReport:
             redis.stop()
     results = _summarise(cells, seconds)
     results["victim"] = {"model": "lenet5", "dataset": "digits", "test_accuracy": record["test_accuracy"]}
-    return SuiteReport(results=results, markdown=_markdown(results), figures={"latency": _figure(cells)})
+    criteria = []
+    for r in results["ratios"]:
+        where = f"{r['store']}, {r['batch']} image(s) per request"
+        criteria.append(Criterion(f"QUEEN / undefended requests per second ({where})", r["queen_over_none"], GOAL_RATIO, ">=",
+                                  unit="x"))
+    for c in cells:
+        criteria.append(Criterion(f"errors ({c['store']}, {c['defense']}, {c['batch']} image(s) per request)", c["errors"], 0, "=="))
+    return SuiteReport(results=results, markdown=_markdown(results), figures={"latency": _figure(cells)}, criteria=criteria,
+                       criteria_note="Throughput ratios measured back to back in this run on a shared, loaded machine "
+                                     "(load averages in the table).")
 
 
 def _summarise(cells: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
