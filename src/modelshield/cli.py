@@ -27,6 +27,7 @@ FEATURE_COMMANDS: tuple[str, ...] = (
     "modelshield.defense.cli",
     "modelshield.attacks.extraction.cli",
     "modelshield.auth.commands",
+    "modelshield.serve.commands",
 )
 
 

@@ -17,27 +17,37 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     from modelshield.cli import emit, load_checkpoint_and_data
     from modelshield.defense import ClientPolicy, ProtectedModel
     from modelshield.defense.cli import defense_from_args
-    from modelshield.oracle import ModelOracle
+    from modelshield.oracle import HttpOracle, ModelOracle, Oracle, load_api_key
     from modelshield.training import seed_everything
 
     if args.budget < 1:
         raise ConfigError(f"--budget must be >= 1, got {args.budget}")
     checkpoint, bundle, dataset = load_checkpoint_and_data(args)
     pool = query_pool(dataset, args.pool, args.data_root, surrogate=args.surrogate)
-    defense = defense_from_args(args, checkpoint.model)
-    policy = ClientPolicy(output="label" if args.labels == "hard" else "probabilities", budget=args.budget)
-    oracle = ModelOracle(ProtectedModel(checkpoint.model, defense), client_id=args.client_id, policy=policy)  # type: ignore[arg-type]
+    oracle: Oracle
+    if args.url is not None:  # the live server applies its own defense and the client's policy; the checkpoint scores fidelity
+        if args.defense != "none" or args.labels != "soft":
+            raise ConfigError("with --url the defense and the output mode are the server's (the client's policy): "
+                              "leave out --defense and --labels")
+        oracle = HttpOracle(args.url, args.model_name, api_key=load_api_key(args.api_key_file, args.api_key_env),
+                            client_id=args.client_id)
+        described = {"name": "remote", "url": args.url, "model_name": args.model_name}
+    else:
+        defense = defense_from_args(args, checkpoint.model)
+        policy = ClientPolicy(output="label" if args.labels == "hard" else "probabilities", budget=args.budget)
+        oracle = ModelOracle(ProtectedModel(checkpoint.model, defense), client_id=args.client_id, policy=policy)  # type: ignore[arg-type]
+        described = defense.describe()  # type: ignore[attr-defined]
     seed_everything(args.seed)
     attack = build_attack(args.attack, budget=args.budget, seed=args.seed)
     pirate = PirateConfig(architecture=args.pirate_arch, epochs=args.pirate_epochs, seed=args.seed)
     result = run_extraction(attack, oracle, pool, bundle.test, victim=checkpoint.model, pirate=pirate, progress=not args.quiet)
-    summary = {**result.summary(), "defense": defense.describe(), "checkpoint": str(args.checkpoint),  # type: ignore[attr-defined]
+    summary = {**result.summary(), "defense": described, "checkpoint": str(args.checkpoint),
                "dataset": dataset, "victim_accuracy": checkpoint.meta.accuracy, "seed": args.seed}
     if args.out is not None:
         atomic_write_bytes(args.out, (json.dumps(summary, indent=1) + "\n").encode())
     emit(args, summary, [
         ("attack", f"{result.attack} ({result.labels}-label), {result.queries} queries from {result.pool}"),
-        ("defense", args.defense),
+        ("defense", args.defense if args.url is None else f"the server's ({args.url}, model {args.model_name})"),
         ("pirate", f"{result.pirate_architecture}: test accuracy {100 * result.accuracy:.2f}%, "
                    f"fidelity {100 * (result.fidelity or 0):.2f}%"),
         ("victim", f"test accuracy {100 * (checkpoint.meta.accuracy or float('nan')):.2f}%"),
@@ -73,5 +83,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_defense_args(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="write the result JSON here")
+    p.add_argument("--url", default=None, help="attack a live `modelshield serve` (or any Open Inference Protocol v2 server) "
+                                              "instead of the checkpoint, which then only scores fidelity")
+    p.add_argument("--model-name", default="model", help="the model's name on the server (with --url)")
+    p.add_argument("--api-key-file", default=None, help="file holding the API key (with --url)")
+    p.add_argument("--api-key-env", default="MODELSHIELD_API_KEY",
+                   help="environment variable holding the API key, used when --api-key-file is not given")
     add_output_args(p)
     p.set_defaults(handler=_cmd_extract)
