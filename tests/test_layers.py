@@ -24,7 +24,7 @@ def test_the_layer_contract_names_every_layer() -> None:
     contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
     layers = next(c for c in contracts if c["id"] == "layers")
     assert layers["type"] == "layers" and layers["exhaustive"] is True
-    assert layers["layers"][1] == "cli" and "lock | auth | defense | (watermark)" in layers["layers"]
+    assert layers["layers"][1] == "cli" and "serve" in layers["layers"] and "lock | auth | defense | (watermark)" in layers["layers"]
 
 
 def test_imports_follow_the_layers() -> None:

@@ -91,6 +91,9 @@ CLI_ONLY_OPTIONS: dict[str, str] = {
     "budget": "query budget; the library requires it explicitly",
     "pool": "query pool kind; query_pool requires it explicitly",
     "client_id": "the client id the attacker queries as",
+    "url": "server address to attack instead of the checkpoint",
+    "api_key_file": "input path; API keys never come from the command line",
+    "auth_key_file": "input path; keys never come from the command line",
 }
 
 

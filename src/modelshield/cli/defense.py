@@ -26,7 +26,14 @@ from modelshield.defense.queen_fit import QueenFitConfig
 from modelshield.defense.registry import DEFENSE_NAMES, build_defense, canonical_defense_name
 from modelshield.errors import ConfigError
 
-__all__ = ["add_defense_args", "defense_from_args", "register"]
+__all__ = [
+    "add_defense_args",
+    "baseline_settings_from_args",
+    "canonical_defense_name",
+    "defense_from_args",
+    "queen_config_from_args",
+    "register",
+]
 
 
 def add_defense_args(p: argparse.ArgumentParser) -> None:
@@ -52,6 +59,23 @@ def add_defense_args(p: argparse.ArgumentParser) -> None:
     add_config_option(p, GaussianNoiseDefense, "sigma", help="gaussian: noise standard deviation")
 
 
+def queen_config_from_args(args: argparse.Namespace) -> QueenConfig:
+    """QUEEN's online settings from the ``--queen-*`` options and ``--seed`` (the rest: QueenConfig's defaults)."""
+    config = replace(QueenConfig(), novelty_radius=args.queen_radius, beta=args.queen_beta,
+                     shadows_per_answer=args.queen_shadows, seed=args.seed)
+    if args.queen_threshold is not None:  # by coverage instead of by count
+        return replace(config, coverage_threshold=args.queen_threshold, threshold_queries=None)
+    return replace(config, threshold_queries=args.queen_threshold_queries)
+
+
+def baseline_settings_from_args(args: argparse.Namespace) -> dict[str, object]:
+    """The settings of the baseline defense named by ``--defense`` (empty for those without settings)."""
+    settings: dict[str, dict[str, object]] = {
+        "rounding": {"decimals": args.decimals}, "reverse-sigmoid": {"beta": args.rs_beta, "gamma": args.rs_gamma},
+        "gaussian": {"sigma": args.sigma, "seed": args.seed}}
+    return settings.get(canonical_defense_name(args.defense), {})
+
+
 def defense_from_args(args: argparse.Namespace, model: object) -> Defense:
     """Build the defense named by ``--defense`` for ``model``.
 
@@ -65,17 +89,10 @@ def defense_from_args(args: argparse.Namespace, model: object) -> Defense:
 
         if args.queen is None:
             raise ConfigError("--defense queen needs --queen FILE (write it with `modelshield defense fit`)")
-        config = replace(QueenConfig(), novelty_radius=args.queen_radius, beta=args.queen_beta,
-                         shadows_per_answer=args.queen_shadows, seed=args.seed)
-        if args.queen_threshold is not None:  # by coverage instead of by count
-            config = replace(config, coverage_threshold=args.queen_threshold, threshold_queries=None)
-        else:
-            config = replace(config, threshold_queries=args.queen_threshold_queries)
         store = SQLiteStateStore(args.state_db) if args.state_db is not None else None
-        return build_defense("queen", model=model, artifacts=load_queen_artifacts(args.queen), queen=config, store=store)  # type: ignore[arg-type]
-    settings = {"rounding": {"decimals": args.decimals}, "reverse-sigmoid": {"beta": args.rs_beta, "gamma": args.rs_gamma},
-                "gaussian": {"sigma": args.sigma, "seed": args.seed}}
-    return build_defense(name, **settings.get(name, {}))
+        return build_defense("queen", model=model, artifacts=load_queen_artifacts(args.queen),  # type: ignore[arg-type]
+                             queen=queen_config_from_args(args), store=store)
+    return build_defense(name, **baseline_settings_from_args(args))
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:

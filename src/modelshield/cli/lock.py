@@ -26,7 +26,7 @@ from modelshield.keys import SecretKey, load_secret_key
 from modelshield.lock import LockConfig, LockedModel, LockKey, Passphrase, checkpoint_meta, lock_model, unlock_model
 from modelshield.lock.format import SCHEMES
 
-__all__ = ["add_locked_evaluate_args", "evaluate_locked_file", "register"]
+__all__ = ["add_lock_key_args", "add_locked_evaluate_args", "evaluate_locked_file", "register"]
 
 _KEY_FILE_HELP = "key file (mode 0600) written by `modelshield keygen`"
 
@@ -45,7 +45,8 @@ def _key_from_args(args: argparse.Namespace, *, required: bool = True) -> LockKe
     return load_key(args.key_file, args.key_env, from_file=SecretKey.load, from_env=SecretKey.from_env)
 
 
-def _add_key_source(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, required: bool = True) -> None:
+def add_lock_key_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, required: bool = True) -> None:
+    """``--key-file``, ``--key-env`` and ``--passphrase-env``: where a Deep-Lock key comes from."""
     add_key_args(parser, env=(load_secret_key, "env"), required=required,
                  file_help=_KEY_FILE_HELP if required else "unlock a locked file with this key file before evaluating")
     parser.add_argument("--passphrase-env", default=None, metavar="VAR",
@@ -89,7 +90,7 @@ def _cmd_unlock(args: argparse.Namespace) -> int:
 def add_locked_evaluate_args(parser: argparse.ArgumentParser) -> None:
     """Key options of ``modelshield evaluate`` for locked files (all optional)."""
     group = parser.add_argument_group("locked files (modelshield lock)")
-    _add_key_source(group, required=False)
+    add_lock_key_args(group, required=False)
     group.add_argument("--as-is", action="store_true",
                        help="evaluate a locked file without its key (the locked bits as weights: the thief's view)")
 
@@ -131,7 +132,7 @@ def register(sub: Subparsers) -> None:
                       help="key schedule: ctr (AES-256-CTR) or aes-expansion (paper-faithful, weak)")
     add_config_option(p, LockConfig, "rounds", help="S-box rounds (1..16)")
     p.add_argument("--force", action="store_true", help="overwrite --out")
-    _add_key_source(p)
+    add_lock_key_args(p)
     add_output_args(p)
     p.set_defaults(handler=_cmd_lock)
 
@@ -140,6 +141,6 @@ def register(sub: Subparsers) -> None:
     p.add_argument("locked", type=Path, help="locked file (.mslock)")
     p.add_argument("--out", required=True, type=Path, help="checkpoint to write (.safetensors)")
     p.add_argument("--force", action="store_true", help="overwrite --out")
-    _add_key_source(p)
+    add_lock_key_args(p)
     add_output_args(p)
     p.set_defaults(handler=_cmd_unlock)
