@@ -110,7 +110,8 @@ def test_unknown_bench_suite(capsys) -> None:
 
 def test_python_dash_m_lists_every_command() -> None:
     top = subprocess.run([sys.executable, "-m", "modelshield", "--help"], capture_output=True, text=True, check=True).stdout
-    for command in ("train", "evaluate", "keygen", "demo", "bench", "lock", "unlock", "defense", "attack", "auth"):
+    for command in ("train", "evaluate", "keygen", "demo", "bench", "lock", "unlock", "defense", "attack", "auth", "serve",
+                    "clients"):
         assert f"    {command} " in top, command
     assert "examples:" in top
 

@@ -59,7 +59,8 @@ def test_every_feature_registers_config_backed_options() -> None:
     parser = build_parser()
     mapped = {command for command, sub in _commands(parser)
               if any(getattr(action, "config_sources", None) for action in _options(sub))}
-    for command in ("train", "lock", "auth embed", "auth evaluate", "defense fit", "attack extract", "demo", "bench"):
+    for command in ("train", "lock", "auth embed", "auth evaluate", "defense fit", "attack extract", "demo", "bench",
+                    "serve", "clients add"):
         assert f"modelshield {command}" in mapped, command
     assert len(COMMANDS) == len(set(COMMANDS))
 

@@ -32,7 +32,7 @@ __all__ = ["register"]
 
 def _cmd_extract(args: argparse.Namespace) -> int:
     from modelshield.attacks.extraction import run_extraction
-    from modelshield.oracle import HttpOracle, ModelOracle, Oracle, load_api_key
+    from modelshield.oracle import HttpOracle, ModelOracle, Oracle
     from modelshield.training import seed_everything
 
     if args.budget < 1:
@@ -98,9 +98,9 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--out", type=Path, default=None, help="write the result JSON here")
     p.add_argument("--url", default=None, help="attack a live `modelshield serve` (or any Open Inference Protocol v2 server) "
                                               "instead of the checkpoint, which then only scores fidelity")
-    p.add_argument("--model-name", default="model", help="the model's name on the server (with --url)")
-    p.add_argument("--api-key-file", default=None, help="file holding the API key (with --url)")
-    p.add_argument("--api-key-env", default="MODELSHIELD_API_KEY",
-                   help="environment variable holding the API key, used when --api-key-file is not given")
+    add_config_option(p, ServeConfig, "model_name", help="the model's name on the server (with --url)")
+    p.add_argument("--api-key-file", type=Path, default=None, help="file holding the API key (with --url)")
+    add_config_option(p, load_api_key, "env", "--api-key-env", metavar="VAR",
+                      help="environment variable holding the API key, used when --api-key-file is not given")
     add_output_args(p)
     p.set_defaults(handler=_cmd_extract)
