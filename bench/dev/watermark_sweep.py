@@ -34,7 +34,7 @@ from modelshield.watermark import WatermarkConfig, WatermarkKey, count_target, e
 
 DATASET = "fashion-mnist"
 SAMPLES = 1000
-BASE = WatermarkConfig()
+BASE = WatermarkConfig(com_weight=0.1)  # the trials set every swept field explicitly
 # name -> (config, start): "clean" = fine-tune the clean model, "scratch" = a fresh LeNet-5
 TRIALS: dict[str, tuple[WatermarkConfig, str]] = {
     # round 1: one cross-entropy over the mixed batch + L_com with the reverse KL, KL(f(x_wm) || f(x_ref))
@@ -50,6 +50,9 @@ TRIALS: dict[str, tuple[WatermarkConfig, str]] = {
     "ft-w20-e20-c0.1s-lr1e-3-3ep": (replace(BASE, watermark_fraction=0.2, evasion_fraction=0.2, com_weight=0.1, lr=1e-3, epochs=3), "clean"),
     "ft-w20-e20-c0.5s-lr1e-3-3ep": (replace(BASE, watermark_fraction=0.2, evasion_fraction=0.2, com_weight=0.5, lr=1e-3, epochs=3), "clean"),
     "ft-w20-e20-c0-lr1e-3-3ep": (replace(BASE, watermark_fraction=0.2, evasion_fraction=0.2, com_weight=0.0, lr=1e-3, epochs=3), "clean"),
+    # round 4: larger shares (composites and evasion mixes), with and without L_com
+    "ft-w30-e30-c0.1s-lr1e-3-3ep": (replace(BASE, watermark_fraction=0.3, evasion_fraction=0.3, com_weight=0.1, lr=1e-3, epochs=3), "clean"),
+    "ft-w30-e30-c0-lr1e-3-3ep": (replace(BASE, watermark_fraction=0.3, evasion_fraction=0.3, com_weight=0.0, lr=1e-3, epochs=3), "clean"),
     # the authors' two-gradient MGDA (utility vs watermark side), utility weight floored at 0.5
     "ft-mgda-head-w20-e10-c0.1-lr1e-3-3ep": (replace(BASE, mgda="head", watermark_fraction=0.2, evasion_fraction=0.1, com_weight=0.1, lr=1e-3, epochs=3), "clean"),
     # from scratch with the mixed cross-entropy (the bench's 12-epoch recipe)

@@ -9,7 +9,8 @@ attack code runs against an in-process model and against the HTTP server, and me
 * :class:`ModelOracle`: in process, over an ``nn.Module`` (the undefended softmax) or anything that answers
   like a server (:class:`Answerer`, e.g. a ``ProtectedModel``).
 * :class:`CallableOracle`: any function ``x -> probabilities`` (or one-hot labels).
-* ``HttpOracle`` (with serving): the Open Inference Protocol API over HTTP.
+* :class:`HttpOracle` (with the ``serve`` extra): a live ``modelshield serve`` (or any Open Inference Protocol v2
+  server) over HTTP.
 
 Queries may be torch tensors or numpy arrays, float in [0, 1] or uint8 in [0, 255]
 (:func:`~modelshield.images.as_image_batch`). A call larger than the oracle's ``batch_size`` is sent as several
@@ -30,7 +31,9 @@ Example:
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
@@ -39,10 +42,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from modelshield.errors import ConfigError
+from modelshield.errors import BudgetExceeded, ConfigError, ModelShieldError
 from modelshield.images import as_image_batch
 
-__all__ = ["Answerer", "CallableOracle", "ModelOracle", "Oracle"]
+__all__ = ["API_KEY_ENV", "Answerer", "CallableOracle", "HttpOracle", "ModelOracle", "Oracle", "load_api_key"]
+
+API_KEY_ENV = "MODELSHIELD_API_KEY"
 
 
 @runtime_checkable
@@ -192,3 +197,111 @@ def _module_classes(model: nn.Module) -> int:
         raise ConfigError(f"cannot tell how many classes {type(model).__name__} answers (no num_classes attribute, no "
                           "nn.Linear layer): use CallableOracle(fn, num_classes)")
     return int(linears[-1].out_features)
+
+
+def load_api_key(key_file: str | os.PathLike[str] | None = None, env: str = API_KEY_ENV) -> str:
+    """A server API key from a file (its first line) or, without one, the environment variable ``env``.
+
+    Raises:
+        ConfigError: no file given and ``env`` not set, or the file does not exist or is empty.
+    """
+    if key_file is not None:
+        try:
+            with open(key_file, encoding="utf-8") as handle:
+                text = handle.read().strip()
+        except FileNotFoundError:
+            raise ConfigError(f"API key file {key_file} does not exist (`modelshield clients add NAME --key-out FILE` "
+                              "writes one)") from None
+        if not text:
+            raise ConfigError(f"API key file {key_file} is empty")
+        return text.splitlines()[0].strip()
+    value = os.environ.get(env, "").strip()
+    if not value:
+        raise ConfigError(f"no API key: pass a key file or set the environment variable {env}")
+    return value
+
+
+class HttpOracle(Oracle):
+    """The oracle over a live prediction API speaking the Open Inference Protocol v2 (``modelshield serve``).
+
+    A transport like the others: the server applies the client's policy. A ``probabilities`` client gets the
+    defended vectors; a ``label`` client gets INT64 labels, returned here as one-hot rows. A budget refusal
+    raises :class:`~modelshield.errors.BudgetExceeded`; a rate refusal waits ``Retry-After`` seconds and
+    retries (at most ``max_waits`` times per request). ``httpx`` is imported here (the ``serve`` extra).
+
+    Args:
+        url: server base URL, e.g. ``http://127.0.0.1:8000``.
+        model_name: the model's name on the server.
+        api_key: the client's API key (read it with :func:`load_api_key`; never put it on a command line).
+        client_id: label of this oracle in results (the server knows the client by its key).
+        batch_size: most images per request (the server's limit is 256 by default).
+        timeout: seconds per request.
+        max_waits: rate-limit waits per request before giving up.
+        transport: an ``httpx`` transport (tests).
+
+    Raises:
+        ConfigError: the server refuses the key, or does not serve ``model_name``.
+    """
+
+    def __init__(self, url: str, model_name: str, *, api_key: str, client_id: str = "http", batch_size: int = 64,
+                 timeout: float = 30.0, max_waits: int = 10, transport: Any = None) -> None:
+        import httpx
+
+        if not api_key:
+            raise ConfigError("HttpOracle needs an API key")
+        self.url, self.model_name, self.max_waits = url.rstrip("/"), model_name, max_waits
+        self._httpx = httpx
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport,
+                                  headers={"Authorization": f"Bearer {api_key}"})
+        meta = self._request("GET", f"/v2/models/{model_name}")
+        try:
+            outputs = {o["name"]: o for o in meta["outputs"]}
+            num_classes = int(outputs["probabilities"]["shape"][-1])
+            self.input_shape = tuple(int(s) for s in meta["inputs"][0]["shape"][1:])
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise ConfigError(f"{self.url}: model {model_name!r} metadata has no probabilities output of shape [-1, K]") from None
+        super().__init__(num_classes, client_id=client_id, batch_size=batch_size)
+
+    def __repr__(self) -> str:  # never shows the key
+        return f"HttpOracle({self.url!r}, {self.model_name!r}, client_id={self.client_id!r})"
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        for _ in range(self.max_waits + 1):
+            try:
+                response = self._http.request(method, path, json=body)
+            except self._httpx.HTTPError as exc:
+                raise ModelShieldError(f"{self.url}{path}: {type(exc).__name__}: {exc}") from None
+            try:
+                doc = response.json()
+            except ValueError:
+                doc = {"error": response.text[:200]}
+            message = doc.get("error", "") if isinstance(doc, dict) else ""
+            if response.status_code == 200 and isinstance(doc, dict):
+                return doc
+            if response.status_code == 429 and "retry-after" in response.headers:
+                time.sleep(min(60.0, float(response.headers["retry-after"])))
+                continue
+            if response.status_code == 429:
+                raise BudgetExceeded(f"{self.url}: {message or 'query budget spent'}")
+            if response.status_code in (400, 401, 403, 404):
+                raise ConfigError(f"{self.url}{path}: HTTP {response.status_code}: {message}")
+            raise ModelShieldError(f"{self.url}{path}: HTTP {response.status_code}: {message}")
+        raise ModelShieldError(f"{self.url}: still rate-limited after {self.max_waits} waits")
+
+    def _answer(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise ConfigError(f"queries must have shape (N, {', '.join(map(str, self.input_shape))}), got {tuple(x.shape)}")
+        body = {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.flatten().tolist()}]}
+        doc = self._request("POST", f"/v2/models/{self.model_name}/infer", body)
+        outputs = {o.get("name"): o for o in doc.get("outputs", []) if isinstance(o, dict)}
+        n = int(x.shape[0])
+        if "probabilities" in outputs:
+            return torch.tensor(outputs["probabilities"]["data"], dtype=torch.float32).view(n, self.num_classes)
+        if "label" in outputs:
+            labels = torch.tensor(outputs["label"]["data"], dtype=torch.int64).view(n, 1)
+            return torch.zeros(n, self.num_classes).scatter_(1, labels, 1.0)
+        raise ModelShieldError(f"{self.url}: the answer holds neither probabilities nor label")

@@ -45,9 +45,34 @@ def _sqlite(tmp_path: Path) -> Opener:
     return lambda: SQLiteStateStore(tmp_path / "state.db", timeout=60.0)
 
 
+_REDIS: list[object] = []
+
+
+def _redis(tmp_path: Path) -> Opener:
+    """A private redis-server (started once per test process, on loopback); each test its own key namespace."""
+    import atexit
+    import uuid
+
+    from modelshield.state_redis import RedisServer, RedisStateStore
+
+    if not _REDIS:
+        try:
+            server = RedisServer().start()
+        except ConfigError as exc:
+            _REDIS.append(exc)
+        else:
+            atexit.register(server.stop)
+            _REDIS.append(server)
+    if isinstance(_REDIS[0], Exception):
+        pytest.skip(f"redis-server unavailable ({_REDIS[0]}); install it: apt-get install redis-server")
+    url, namespace = _REDIS[0].url, f"contract-{uuid.uuid4().hex}:"  # type: ignore[attr-defined]
+    return lambda: RedisStateStore(url, namespace=namespace)
+
+
 STORE_FACTORIES: list[StoreFactory] = [
     StoreFactory("memory", _memory, processes=False),
     StoreFactory("sqlite", _sqlite, processes=True),
+    StoreFactory("redis", _redis, processes=True),
 ]
 
 

@@ -15,6 +15,7 @@ SUITES: dict[str, str] = {
     "lock": "modelshield.bench.lock_suite",
     "extraction": "modelshield.bench.extraction_suite",
     "auth": "modelshield.bench.auth_suite",
+    "serve": "modelshield.bench.serve_suite",
     "watermark": "modelshield.bench.watermark_suite",
 }
 
