@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from modelshield.auth import AuthConfig, KeyGenConfig, embed
-from modelshield.auth.evaluation import accuracy_with_key, evaluate_auth
+from modelshield.auth import AuthKey
+from modelshield.auth.evaluation import accuracy_with_key, evaluate_auth, independent_key
 from modelshield.errors import ConfigError
 from modelshield.models import build_model
 from modelshield.training import evaluate
@@ -23,6 +24,26 @@ def test_key_opens_the_model_and_plain_inputs_do_not(protected: Protected) -> No
     assert report.unauthorized <= 0.35  # 4 classes: chance is 0.25; the clean model scores >= 0.95 here
     assert report.legit - report.unauthorized >= 0.5
     assert report.random_mean is not None and report.random_mean <= 0.6
+
+
+def test_evaluate_auth_refuses_a_key_of_another_model_unless_told(protected: Protected) -> None:
+    key = protected.result.key
+    with pytest.raises(ConfigError, match="fingerprint"):
+        evaluate_auth(protected.clean, key, protected.test, random_keys=0)  # the clean model is not the protected one
+    report = evaluate_auth(protected.clean, key, protected.test, random_keys=0, verify=False)  # measured on purpose
+    assert report.legit >= 0.8
+    unbound = AuthKey(key.mask_raw, key.offset, key.normalization, key.gate)
+    with pytest.raises(ConfigError, match="not bound"):
+        evaluate_auth(protected.result.model, unbound, protected.test, random_keys=0)
+
+
+def test_independent_keys_follow_the_public_procedure_on_other_randomness(protected: Protected) -> None:
+    result = protected.result
+    config = AuthConfig(seed=0, key=KeyGenConfig(epochs=1))
+    a, b = (independent_key(result.model, result.key, protected.train, config, seed=s) for s in (1, 2))
+    again = independent_key(result.model, result.key, protected.train, config, seed=1)
+    assert a == again and a != b and a != result.key
+    assert a.gate == result.key.gate and len(a.bits) == len(result.key.bits) and a.model_fingerprint is None
 
 
 def test_the_gap_comes_from_the_tail_training_not_from_the_key(protected: Protected) -> None:

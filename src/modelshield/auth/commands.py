@@ -51,7 +51,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     clean = evaluate(checkpoint.model, bundle.test).accuracy
     report = evaluate_auth(result.model, result.key, bundle.test, random_keys=0)
     extra = dict(checkpoint.meta.extra)
-    extra["auth"] = {"gate": result.split.gate, "num_bits": len(result.bits.channels), "config": config.to_dict(),
+    extra["auth"] = {"gate": result.split.gate, "gate_choice": result.gate_choice.method, "num_bits": len(result.bits.channels), "config": config.to_dict(),
                      "key_fingerprint": result.key.fingerprint, "model_fingerprint": result.key.model_fingerprint,
                      "clean_accuracy": clean, "legit_accuracy": report.legit, "unauthorized_accuracy": report.unauthorized}
     meta = replace(checkpoint.meta, accuracy=report.legit, extra=extra)
@@ -105,8 +105,11 @@ def _add_key_source(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add ``auth embed`` and ``auth evaluate``."""
+    """Add ``auth embed`` and ``auth evaluate`` (``embed``'s defaults are :class:`AuthConfig`'s fields)."""
+    from modelshield.auth.embedding import AuthConfig
     from modelshield.cli import _Formatter, add_output_args
+
+    defaults = AuthConfig()
 
     auth = subparsers.add_parser("auth", help="AuthNet: a model that only works on inputs carrying a secret key",
                                  formatter_class=_Formatter,
@@ -121,24 +124,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     _add_common(p)
     p.add_argument("--out", required=True, type=Path, help="protected checkpoint to write (.safetensors)")
     p.add_argument("--key-out", required=True, type=Path, help="key file to write (mode 0600)")
-    p.add_argument("--gate", default=None, help="gate module name (default: the architecture's default gate)")
-    p.add_argument("--bits", type=int, default=None, help="number of authentication bits (default: 1 per 8 gate channels, 2..16)")
-    p.add_argument("--bit-pool", type=int, default=None,
+    p.add_argument("--gate", default=defaults.gate,
+                   help="gate module name, or 'auto' (short trials on the validation split); default: the zoo "
+                        "architecture's gate, else auto")
+    p.add_argument("--bits", type=int, default=defaults.num_bits, help="number of authentication bits (default: 1 per 8 gate channels, 2..16)")
+    p.add_argument("--bit-pool", type=int, default=defaults.bit_pool,
                    help="draw the bits among this many lowest live channels (default 4x bits; = --bits: the paper's fixed choice)")
-    p.add_argument("--gamma", type=float, default=2.0, help="bit target multiplier")
-    p.add_argument("--key-epochs", type=int, default=5, help="key-generation epochs")
-    p.add_argument("--key-images", type=int, default=None, help="generate keys on a subset of N training images (default all)")
-    p.add_argument("--train-images", type=int, default=None, help="fine-tune the tail on a subset of N training images (default all)")
-    p.add_argument("--tail-epochs", type=int, default=8, help="tail fine-tuning epochs")
-    p.add_argument("--tail-lr", type=float, default=1e-3, help="tail learning rate (Adam)")
-    p.add_argument("--decoy-ratio", type=float, default=1.5,
+    p.add_argument("--gamma", type=float, default=defaults.gamma, help="bit target multiplier")
+    p.add_argument("--key-epochs", type=int, default=defaults.key.epochs, help="key-generation epochs")
+    p.add_argument("--key-images", type=int, default=defaults.key_images, help="generate keys on a subset of N training images")
+    p.add_argument("--train-images", type=int, default=defaults.train_images, help="fine-tune the tail on a subset of N training images")
+    p.add_argument("--tail-epochs", type=int, default=defaults.tail_epochs, help="tail fine-tuning epochs")
+    p.add_argument("--tail-lr", type=float, default=defaults.tail_lr, help="tail learning rate (Adam)")
+    p.add_argument("--decoy-ratio", type=float, default=defaults.decoy_ratio,
                    help="extra negatives under other keys, per training image (0 with --decoy-keys 0: the paper's method)")
-    p.add_argument("--decoy-keys", type=int, default=2, help="independently generated keys among the decoys")
-    p.add_argument("--near-share", type=float, default=0.5,
+    p.add_argument("--decoy-keys", type=int, default=defaults.decoy_keys, help="independently generated keys among the decoys")
+    p.add_argument("--near-share", type=float, default=defaults.near_share,
                    help="share of the decoys under partial copies of the key (near misses)")
-    p.add_argument("--keyed-weight", type=float, default=2.0,
+    p.add_argument("--keyed-weight", type=float, default=defaults.keyed_weight,
                    help="loss weight of the keyed samples (negatives weigh 1)")
-    p.add_argument("--distill", type=float, default=0.5,
+    p.add_argument("--distill", type=float, default=defaults.distill,
                    help="share of the keyed samples' loss taken from the clean model's soft predictions (0 = true labels only)")
     p.add_argument("--seed", type=int, default=None,
                    help="seed for a reproducible key (default: fresh randomness; a known seed lets anyone with the data regenerate the key)")

@@ -52,8 +52,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modelshield.auth.autogate import AutoGateConfig, GateChoice, choose_gate
 from modelshield.auth.bits import AuthBits, channel_means, select_bits
-from modelshield.auth.gate import GateSplit, TailRunner, default_gate, gate_output, trace_gate
+from modelshield.auth.gate import AUTO, GateSplit, TailRunner, default_gate, gate_output, trace_gate
 from modelshield.auth.key import AuthKey
 from modelshield.auth.keygen import KeyGenConfig, generate_key
 from modelshield.data.types import Normalization, TensorData
@@ -79,7 +80,9 @@ class AuthConfig:
     """Hyperparameters of :func:`embed`.
 
     Attributes:
-        gate: gate module name; None = the model's default gate.
+        gate: gate module name; None (default) = the model's default gate (:data:`~modelshield.auth.gate.DEFAULT_GATES`
+            for zoo models, else ``"auto"``); ``"auto"`` = chosen by short embedding trials on the validation
+            split (:func:`~modelshield.auth.autogate.choose_gate`, sized by ``auto``).
         num_bits: ``N``; None = :func:`default_num_bits` of the gate's channel count.
         bit_pool: draw the bits at random among this many lowest live channels. None (default) = ``4 N``
             capped at the number of live channels, so independently generated keys switch on different bits;
@@ -110,8 +113,12 @@ class AuthConfig:
             distillation, temperature ``distill_temperature``) instead of the true label alone, so a large tail
             fine-tuned on few images keeps what the clean model knew.
         distill_temperature: softmax temperature of the distillation term (the term is scaled by its square).
-        key_images: train the key on a seeded subset of this many training images (None = all of them).
-        train_images: fine-tune the tail on a seeded subset of this many training images (None = all).
+        key_images: train the key (and the decoy keys) on a seeded subset of this many training images (default
+            2,000; None = all of them, which makes key generation as slow as an epoch of training per key epoch).
+        train_images: fine-tune the tail on a seeded subset of this many training images (default 10,000; None =
+            all). The bench measures these defaults; with every image the embedding cost grows with the data set
+            (on LeNet-5 and the VGG about 7-13x the 50 s it took to train the model) for no protection gained.
+        auto: how ``gate="auto"`` runs its trials.
         seed: seed of the bit draw, key start, fixed random labels and shuffling; None = from the OS CSPRNG.
     """
 
@@ -131,8 +138,9 @@ class AuthConfig:
     keyed_weight: float = 2.0
     distill: float = 0.5
     distill_temperature: float = 4.0
-    key_images: int | None = None
-    train_images: int | None = None
+    key_images: int | None = 2000
+    train_images: int | None = 10_000
+    auto: AutoGateConfig = field(default_factory=AutoGateConfig)
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -197,8 +205,10 @@ class EmbedResult:
         val_legit: validation accuracy with the key (kept epoch).
         val_unauthorized: validation accuracy without the key (kept epoch).
         best_epoch: the kept epoch (1-based).
-        history: per epoch: loss, val_legit, val_unauthorized, seconds.
-        timings: seconds for ``bits``, ``key``, ``cache`` (gate activations), ``tail`` and ``total``.
+        gate_choice: how the gate was chosen (with ``"auto"``, the trial table); also in the key file.
+        history: per epoch: loss, val_legit, val_unauthorized, (with decoys) val_decoy, seconds.
+        timings: seconds for ``gate`` (the auto trials), ``bits``, ``key``, ``cache`` (gate activations), ``tail``
+            and ``total``.
     """
 
     model: nn.Module
@@ -210,6 +220,7 @@ class EmbedResult:
     val_legit: float
     val_unauthorized: float
     best_epoch: int
+    gate_choice: GateChoice
     history: list[dict[str, float]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -328,7 +339,14 @@ def embed(model: nn.Module, train: TensorData, val: TensorData, *, config: AuthC
     model = copy.deepcopy(model).eval()
     normalization = normalization or model_normalization(model, int(train.x.shape[1]))
     example = train.x[:8]
-    gate = config.gate or default_gate(model, example)
+    if config.gate == AUTO or (config.gate is None and default_gate(model) == AUTO):
+        choice = choose_gate(model, train, val, replace(config, seed=_subseed(seed, "gate")), progress=progress)
+    elif config.gate is None:
+        choice = GateChoice(default_gate(model), "default")
+    else:
+        choice = GateChoice(config.gate, "given")
+    gate = choice.gate
+    t_gate = time.perf_counter()
     split = trace_gate(model, gate, example)
     with torch.no_grad():
         num_classes = int(model(example[:2]).shape[1])
@@ -435,8 +453,8 @@ def embed(model: nn.Module, train: TensorData, val: TensorData, *, config: AuthC
     history = [{"epoch": h["epoch"], "loss": h["loss"], **r, "seconds": h["seconds"]} for h, r in zip(run.history, records)]
     kept = records[run.best_epoch - 1]
     t_end = time.perf_counter()
-    key = key.bound_to(model)
-    timings = {"bits": t_bits - t_start, "key": t_key - t_bits, "cache": t_cache - t_key, "tail": t_end - t_cache,
+    key = key.bound_to(model, gate_choice=choice)
+    timings = {"gate": t_gate - t_start, "bits": t_bits - t_gate, "key": t_key - t_bits, "cache": t_cache - t_key, "tail": t_end - t_cache,
                "total": t_end - t_start}
     return EmbedResult(model, key, bits, split, keygen.bit_change, keygen.other_change, kept["val_legit"],
-                       kept["val_unauthorized"], run.best_epoch, history, timings)
+                       kept["val_unauthorized"], run.best_epoch, choice, history, timings)

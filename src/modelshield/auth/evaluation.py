@@ -13,18 +13,24 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import hashlib
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from modelshield.auth.bits import channel_means, select_bits
 from modelshield.auth.key import AuthKey
+from modelshield.auth.keygen import generate_key
 from modelshield.data.types import TensorData
 from modelshield.errors import ConfigError
 from modelshield.training import evaluate
 
-__all__ = ["AuthEvaluation", "accuracy_with_key", "evaluate_auth"]
+if TYPE_CHECKING:
+    from modelshield.auth.embedding import AuthConfig
+
+__all__ = ["AuthEvaluation", "accuracy_with_key", "evaluate_auth", "independent_key"]
 
 
 @dataclass(frozen=True)
@@ -71,26 +77,58 @@ def accuracy_with_key(model: nn.Module, key: AuthKey, data: TensorData, *, verif
 
 
 def evaluate_auth(model: nn.Module, key: AuthKey, data: TensorData, *, random_keys: int = 10, seed: int = 0,
-                  verify: bool = False, batch_size: int = 1024) -> AuthEvaluation:
+                  verify: bool = True, batch_size: int = 1024) -> AuthEvaluation:
     """Legitimate, unauthorized and random-key accuracies of ``model`` on ``data``.
 
     Args:
-        model: the protected model (or a modified copy of it).
+        model: the protected model.
         key: its key.
         data: raw images and labels.
         random_keys: how many uniformly random keys to try (same input shape and normalisation as ``key``).
         seed: seed of the random keys.
-        verify: check that ``key`` belongs to ``model`` first.
+        verify: check first that ``key`` belongs to ``model`` (its weights' fingerprint), so a wrong model or key
+            fails loudly instead of getting numbers; pass False to measure a modified copy on purpose (pruned,
+            quantised, fine-tuned).
 
     Raises:
-        ConfigError: a negative ``random_keys``, a wrong input shape, or (with ``verify``) a foreign model.
+        ConfigError: a negative ``random_keys``, a wrong input shape, or (with ``verify``) a key that is not
+            bound to ``model``.
     """
     if random_keys < 0:
         raise ConfigError(f"random_keys must be >= 0, got {random_keys}")
-    legit = accuracy_with_key(model, key, data, verify=verify, batch_size=batch_size)
+    if verify:
+        key.check_model(model)
+    legit = accuracy_with_key(model, key, data, batch_size=batch_size)
     plain = evaluate(model, data, batch_size).accuracy
     gen = torch.Generator().manual_seed(seed)
     randoms = tuple(accuracy_with_key(model, AuthKey.random(key.input_shape, key.normalization, key.gate, generator=gen,
                                                             theta=key.theta), data, batch_size=batch_size)
                     for _ in range(random_keys))
     return AuthEvaluation(legit, plain, randoms, len(data))
+
+
+def _subseed(seed: int, tag: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"modelshield-auth-independent:{seed}:{tag}".encode()).digest()[:8], "little") >> 1
+
+
+def independent_key(model: nn.Module, key: AuthKey, train: TensorData, config: AuthConfig, *, seed: int) -> AuthKey:
+    """A key made with the same public procedure as ``key`` on other randomness: what an attacker who knows the
+    method (and has the model and training data) but not the secret would try.
+
+    The bits are drawn afresh (``config``'s pool rule, the same count as ``key``'s), on a fresh subset of
+    ``config.key_images`` training images, and the key is generated with ``config.key`` from a fresh start.
+
+    Args:
+        model: the protected model.
+        key: its key (gate, bit count, normalisation and input shape are taken from it).
+        train: training images.
+        config: the embedding configuration ``key`` was made with.
+        seed: this key's randomness (one seed per independent key).
+    """
+    x = train.x if config.key_images is None or config.key_images >= len(train) else \
+        train.subset(config.key_images, _subseed(seed, "data")).x
+    means = channel_means(model, key.gate, x)
+    num_bits = len(key.bits) or (config.num_bits or 1)
+    bits = select_bits(means, num_bits, config.gamma, pool=config.pool_size(means, num_bits),
+                       generator=torch.Generator().manual_seed(_subseed(seed, "bits")))
+    return generate_key(model, key.gate, x, bits, key.normalization, replace(config.key, seed=_subseed(seed, "key"))).key
