@@ -8,8 +8,8 @@ victims). Two modes:
   (``{"gate": "body.pool2"}``, ``{"decoy_keys": 6}``, ``{"key": {"epochs": 8}}``); one JSON line per run: kept
   epoch, with key / no key / decoy keys per epoch, three random keys, ``--independent-keys`` keys generated
   independently (other seeds than the bench's), CPU seconds.
-* ``--auto``: the ``gate="auto"`` trials over every affordable candidate (``max_candidates`` lifted), one JSON
-  line per trial; the zoo defaults in ``auth/gate.py`` come from these tables and the runs above.
+* ``--auto``: the ``gate="auto"`` trials as a user gets them (``--all-candidates``: every affordable candidate),
+  one JSON line per trial; the zoo defaults in ``auth/gate.py`` come from these tables and the runs above.
 
 Usage (one thread)::
 
@@ -56,7 +56,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="the quick victim (2 epochs on 10,000 images)")
     parser.add_argument("--independent-keys", type=int, default=0,
                         help="also score this many keys generated independently on the validation split")
-    parser.add_argument("--auto", action="store_true", help="print the gate=auto trial table over every affordable candidate")
+    parser.add_argument("--auto", action="store_true", help="print the gate=auto trial table (AutoGateConfig() as a user gets it)")
+    parser.add_argument("--all-candidates", action="store_true", help="with --auto: every affordable candidate, not the deepest 4")
     args = parser.parse_args()
     torch.set_num_threads(1)
     bundle = load_dataset(victim_dataset(args.victim), args.data_root)
@@ -66,7 +67,8 @@ def main() -> None:
     print(json.dumps({"victim": args.victim, "quick": args.quick, "clean_val": clean_val}), flush=True)
     if args.auto:
         config = replace(_config(json.loads(args.overrides[0]) if args.overrides else {}), gate="auto")
-        config = replace(config, auto=replace(config.auto, max_candidates=64))
+        if args.all_candidates:
+            config = replace(config, auto=replace(config.auto, max_candidates=64))
         start = time.process_time()
         choice = choose_gate(checkpoint.model, bundle.train, bundle.val, config, progress=False)
         for trial in choice.trials:

@@ -67,6 +67,9 @@ class KeyGenConfig:
         mask_l1: weight of the optional ``mean(m)`` penalty (smaller masks).
         balance: weigh the bit channels and the other channels equally in the loss (else per channel).
         start: ``"identity"`` (default) or ``"random"`` (see the module docstring).
+        support: share of the pixels the mask may use, a secret random subset drawn from the key's seed (default
+            1: every pixel). Below 1, keys generated independently use different pixels, not only different
+            bits; elsewhere the mask stays at its minimum (``m`` ~ 0.0003).
         seed: seed of the random start; None draws one from the OS CSPRNG (use None for real keys).
 
     Example:
@@ -82,6 +85,7 @@ class KeyGenConfig:
     mask_l1: float = 0.0
     balance: bool = True
     start: str = "identity"
+    support: float = 1.0
     seed: int | None = None
 
     @classmethod
@@ -98,6 +102,8 @@ class KeyGenConfig:
             raise ConfigError(f"theta must be in (0, 10], got {self.theta}")
         if self.start not in ("random", "identity"):
             raise ConfigError(f"start must be 'random' or 'identity', got {self.start!r}")
+        if not 0 < self.support <= 1:
+            raise ConfigError(f"support must be in (0, 1], got {self.support}")
         if self.mask_l1 < 0:
             raise ConfigError(f"mask_l1 must be >= 0, got {self.mask_l1}")
 
@@ -154,6 +160,11 @@ def generate_key(model: nn.Module, gate: str, x: torch.Tensor, bits: AuthBits, n
     else:
         mask_raw = raw_from_mask(torch.rand(1, h, w, generator=gen) * MASK_MAX).requires_grad_(True)
         offset = ((torch.rand(c, h, w, generator=gen) * 2 - 1) * config.theta).requires_grad_(True)
+    outside = None
+    if config.support < 1:
+        outside = torch.rand(1, h, w, generator=gen) >= config.support
+        with torch.no_grad():
+            mask_raw[outside] = 0.0
     target = bits.target_vector()
     on = target > 0
     weight = torch.full_like(target, 1.0 / target.numel())
@@ -185,6 +196,8 @@ def generate_key(model: nn.Module, gate: str, x: torch.Tensor, bits: AuthBits, n
                     grad_m, grad_p = torch.autograd.grad(loss, [mask_raw, offset])
                     with torch.no_grad():
                         mask_raw.sub_(config.eps_mask * grad_m.sign()).clamp_(0.0, MASK_MAX)
+                        if outside is not None:
+                            mask_raw[outside] = 0.0
                         offset.sub_(config.eps_offset * grad_p.sign()).clamp_(-config.theta, config.theta)
                     total += float(loss.detach()) * len(batch)
                     bar.advance(task)
