@@ -10,8 +10,7 @@ Example:
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from modelshield._version import __version__
 from modelshield.attacks.extraction import build_attack, run_extraction
 from modelshield.auth import AuthConfig, AuthKey, evaluate_auth
 from modelshield.auth import embed as embed_auth

@@ -22,13 +22,23 @@ from modelshield.defense.queen_artifacts import QueenArtifacts
 from modelshield.errors import ConfigError, did_you_mean
 from modelshield.state import StateStore
 
-__all__ = ["DEFENSE_NAMES", "build_defense"]
+__all__ = ["DEFENSE_NAMES", "build_defense", "canonical_defense_name"]
 
 DEFENSE_NAMES = ("none", "top1", "rounding", "reverse-sigmoid", "gaussian", "queen")
 _BASELINES: dict[str, type[Defense]] = {"none": NoDefense, "top1": TopOneDefense, "rounding": RoundingDefense,
                                         "reverse-sigmoid": ReverseSigmoidDefense, "gaussian": GaussianNoiseDefense}
 _ALIASES = {"top-1": "top1", "label": "top1", "round": "rounding", "reverse_sigmoid": "reverse-sigmoid",
             "rs": "reverse-sigmoid", "noise": "gaussian"}
+
+
+def canonical_defense_name(name: str) -> str:
+    """``name`` lower-cased with its alias resolved (``rs`` -> ``reverse-sigmoid``); unknown names pass through.
+
+    Example:
+        >>> canonical_defense_name("RS"), canonical_defense_name("queen")
+        ('reverse-sigmoid', 'queen')
+    """
+    return _ALIASES.get(name.lower(), name.lower())
 
 
 def build_defense(name: str, *, model: nn.Module | None = None, artifacts: QueenArtifacts | None = None,
@@ -46,7 +56,7 @@ def build_defense(name: str, *, model: nn.Module | None = None, artifacts: Queen
     Raises:
         ConfigError: unknown name, bad setting, or QUEEN without its model and artefacts.
     """
-    key = _ALIASES.get(name.lower(), name.lower())
+    key = canonical_defense_name(name)
     if key == "queen":
         if model is None or artifacts is None:
             raise ConfigError("defense 'queen' needs the protected model and its fitted artefacts "

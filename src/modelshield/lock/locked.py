@@ -61,6 +61,7 @@ __all__ = [
     "LockConfig",
     "LockedModel",
     "Passphrase",
+    "is_locked_file",
     "lock_model",
     "lock_state_dict",
     "unlock_model",
@@ -446,3 +447,21 @@ def unlock_model(locked: LockedModel, key: LockKey, model: nn.Module | None = No
     """
     state = unlock_state_dict(locked, key)
     return load_into(model if model is not None else build_locked_architecture(locked), state, locked.source)
+
+
+def is_locked_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` starts with the locked-file magic (cheap: reads its first bytes; False if unreadable).
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.NamedTemporaryFile(suffix=".safetensors") as handle:
+        ...     is_locked_file(handle.name)
+        False
+    """
+    from modelshield.lock.format import MAGIC
+
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False

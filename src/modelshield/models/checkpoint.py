@@ -68,7 +68,7 @@ def library_versions() -> dict[str, str]:
     """Versions of the software that produced a file or a result."""
     import numpy
 
-    from modelshield import __version__
+    from modelshield._version import __version__
 
     return {"modelshield": __version__, "torch": torch.__version__, "numpy": numpy.__version__, "python": platform.python_version()}
 

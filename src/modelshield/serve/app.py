@@ -40,7 +40,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from modelshield import __version__
+from modelshield._version import __version__
 from modelshield.errors import BudgetExceeded, ConfigError
 from modelshield.defense import ClientPolicy, ProtectedModel
 from modelshield.serve.clients import ClientRecord, ClientRegistry

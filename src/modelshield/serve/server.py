@@ -108,7 +108,7 @@ def load_served_model(options: ServeOptions) -> tuple[nn.Module, tuple[int, int,
         IntegrityError: wrong Deep-Lock key or tampered file.
         FormatError: not a model file.
     """
-    from modelshield.lock.commands import is_locked_file
+    from modelshield.lock import is_locked_file
 
     if is_locked_file(options.model):
         from modelshield.keys import load_secret_key

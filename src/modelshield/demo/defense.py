@@ -1,4 +1,4 @@
-"""Demo stage: QUEEN against a soft-label KnockoffNets attacker on the bundled digits.
+"""Demo stage ``defense``: QUEEN against a soft-label KnockoffNets attacker on the bundled digits.
 
 Fits QUEEN for the demo model, lets one client spend the digits ``attacker`` split as queries against the
 undefended and the QUEEN-defended model, trains a pirate on each transcript, and reports both pirates'
@@ -7,8 +7,6 @@ accuracy and what benign clients (small sessions on the test split) see.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from modelshield.attacks.extraction import PirateConfig, QueryPool, build_attack, run_extraction
 from modelshield.defense.baselines import NoDefense
 from modelshield.defense.metrics import benign_report
@@ -16,10 +14,8 @@ from modelshield.defense.protected import ClientPolicy, ProtectedModel
 from modelshield.defense.queen import QueenConfig, QueenDefense
 from modelshield.defense.queen_artifacts import load_queen_artifacts
 from modelshield.defense.queen_fit import QueenFitConfig, fit_queen
+from modelshield.demo.context import DemoContext
 from modelshield.oracle import ModelOracle
-
-if TYPE_CHECKING:
-    from modelshield.demo import DemoContext
 
 __all__ = ["stage"]
 

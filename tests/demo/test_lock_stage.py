@@ -8,13 +8,13 @@ from rich.console import Console
 
 from modelshield.data import load_dataset
 from modelshield.demo import DEMO_STAGES, DemoContext
-from modelshield.lock.demo import stage
+from modelshield.demo.lock import stage
 from modelshield.models import CheckpointMeta, build_model
 from modelshield.training import TrainConfig, seed_everything, torch_threads, train_model
 
 
 def test_lock_stage_rows(tmp_path: Path) -> None:
-    assert "modelshield.lock.demo:stage" in DEMO_STAGES
+    assert DEMO_STAGES[0] == "lock"
     bundle = load_dataset("digits")
     seed_everything(0)
     model = build_model("lenet5", in_channels=1, image_size=8, num_classes=10, normalization=bundle.info.normalization)

@@ -1,4 +1,4 @@
-"""``modelshield attack extract``: run an extraction attack against a checkpoint behind a defense."""
+"""``modelshield attack extract``: an extraction attack against a checkpoint behind a defense."""
 
 from __future__ import annotations
 
@@ -7,17 +7,32 @@ import json
 from pathlib import Path
 
 from modelshield._io import atomic_write_bytes
+from modelshield.attacks.extraction import POOL_KINDS, PirateConfig, build_attack, query_pool
+from modelshield.attacks.extraction.run import ATTACK_NAMES
+from modelshield.cli._common import (
+    Subparsers,
+    add_command,
+    add_config_option,
+    add_data_args,
+    add_output_args,
+    emit,
+    load_checkpoint_and_data,
+    subcommand_group,
+)
+from modelshield.cli.defense import add_defense_args, defense_from_args
+from modelshield.defense import ClientPolicy, ProtectedModel
+from modelshield.defense.baselines import GaussianNoiseDefense
+from modelshield.defense.queen import QueenConfig
 from modelshield.errors import ConfigError
+from modelshield.oracle import load_api_key
+from modelshield.serve.config import ServeConfig
 
 __all__ = ["register"]
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
-    from modelshield.attacks.extraction import PirateConfig, build_attack, query_pool, run_extraction
-    from modelshield.cli import emit, load_checkpoint_and_data
-    from modelshield.defense import ClientPolicy, ProtectedModel
-    from modelshield.defense.cli import defense_from_args
-    from modelshield.oracle import HttpOracle, ModelOracle, Oracle, load_api_key
+    from modelshield.attacks.extraction import run_extraction
+    from modelshield.oracle import HttpOracle, ModelOracle, Oracle
     from modelshield.training import seed_everything
 
     if args.budget < 1:
@@ -31,12 +46,12 @@ def _cmd_extract(args: argparse.Namespace) -> int:
                               "leave out --defense and --labels")
         oracle = HttpOracle(args.url, args.model_name, api_key=load_api_key(args.api_key_file, args.api_key_env),
                             client_id=args.client_id)
-        described = {"name": "remote", "url": args.url, "model_name": args.model_name}
+        described: dict[str, object] = {"name": "remote", "url": args.url, "model_name": args.model_name}
     else:
         defense = defense_from_args(args, checkpoint.model)
         policy = ClientPolicy(output="label" if args.labels == "hard" else "probabilities", budget=args.budget)
-        oracle = ModelOracle(ProtectedModel(checkpoint.model, defense), client_id=args.client_id, policy=policy)  # type: ignore[arg-type]
-        described = defense.describe()  # type: ignore[attr-defined]
+        oracle = ModelOracle(ProtectedModel(checkpoint.model, defense), client_id=args.client_id, policy=policy)
+        described = defense.describe()
     seed_everything(args.seed)
     attack = build_attack(args.attack, budget=args.budget, seed=args.seed)
     pirate = PirateConfig(architecture=args.pirate_arch, epochs=args.pirate_epochs, seed=args.seed)
@@ -57,37 +72,35 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: Subparsers) -> None:
     """Add ``attack extract``."""
-    from modelshield.attacks.extraction.run import ATTACK_NAMES
-    from modelshield.cli import _Formatter, add_data_args, add_output_args
-    from modelshield.defense.cli import add_defense_args, subcommand_group
-
-    group = subcommand_group(sub, "attack", "attacks that measure the protections")
-    p = group.add_parser("extract", help="model extraction (KnockoffNets, JBDA) against a checkpoint behind a defense",
-                         formatter_class=_Formatter,
-                         epilog="examples:\n  modelshield attack extract lenet.safetensors --data-root ../shared/datasets --budget 5000\n"
-                                "  modelshield attack extract lenet.safetensors --defense queen --queen queen.safetensors "
-                                "--attack jbda-tr --labels hard --pool surrogate --out result.json")
+    group = subcommand_group(sub, "attack", "attacks that measure the protections", examples=[
+        "modelshield attack extract lenet.safetensors --data-root ../shared/datasets --budget 5000"])
+    p = add_command(group, "extract", help="model extraction (KnockoffNets, JBDA) against a checkpoint behind a defense",
+                    examples=["modelshield attack extract lenet.safetensors --data-root ../shared/datasets --budget 5000",
+                              "modelshield attack extract lenet.safetensors --defense queen --queen queen.safetensors "
+                              "--attack jbda-tr --labels hard --pool surrogate --out result.json",
+                              "modelshield attack extract lenet.safetensors --url http://127.0.0.1:8000 --api-key-file alice.key"])
     p.add_argument("checkpoint", type=Path, help="the victim's checkpoint")
     add_data_args(p, dataset_default=None)
     p.add_argument("--attack", default="knockoff", help=", ".join(ATTACK_NAMES))
     p.add_argument("--labels", default="soft", choices=("soft", "hard"), help="soft: probability answers; hard: top-1 only")
     p.add_argument("--budget", type=int, default=5000, help="queries")
-    p.add_argument("--pool", default="attacker", choices=("attacker", "surrogate"),
+    p.add_argument("--pool", default="attacker", choices=POOL_KINDS,
                    help="attacker: the victim dataset's attacker split; surrogate: another dataset")
-    p.add_argument("--surrogate", default=None, help="surrogate dataset (default: mnist <-> fashion-mnist)")
-    p.add_argument("--pirate-arch", default="lenet5", help="pirate architecture (lenet5, vgg, resnet20)")
-    p.add_argument("--pirate-epochs", type=int, default=None, help="default: automatic")
+    add_config_option(p, query_pool, "surrogate", help="surrogate dataset (default: mnist <-> fashion-mnist)")
+    add_config_option(p, PirateConfig, "architecture", "--pirate-arch", help="pirate architecture (lenet5, vgg, resnet20)")
+    add_config_option(p, PirateConfig, "epochs", "--pirate-epochs", help="pirate training epochs (default: automatic)")
     p.add_argument("--client-id", default="attacker", help="client id the attacker queries as")
     add_defense_args(p)
-    p.add_argument("--seed", type=int, default=0)
+    add_config_option(p, PirateConfig, "seed", also=[(build_attack, "seed"), (QueenConfig, "seed"), (GaussianNoiseDefense, "seed")],
+                      help="seed of the attack, the pirate and the defense")
     p.add_argument("--out", type=Path, default=None, help="write the result JSON here")
     p.add_argument("--url", default=None, help="attack a live `modelshield serve` (or any Open Inference Protocol v2 server) "
                                               "instead of the checkpoint, which then only scores fidelity")
-    p.add_argument("--model-name", default="model", help="the model's name on the server (with --url)")
-    p.add_argument("--api-key-file", default=None, help="file holding the API key (with --url)")
-    p.add_argument("--api-key-env", default="MODELSHIELD_API_KEY",
-                   help="environment variable holding the API key, used when --api-key-file is not given")
+    add_config_option(p, ServeConfig, "model_name", help="the model's name on the server (with --url)")
+    p.add_argument("--api-key-file", type=Path, default=None, help="file holding the API key (with --url)")
+    add_config_option(p, load_api_key, "env", "--api-key-env", metavar="VAR",
+                      help="environment variable holding the API key, used when --api-key-file is not given")
     add_output_args(p)
     p.set_defaults(handler=_cmd_extract)

@@ -1,4 +1,4 @@
-"""CLI commands ``modelshield lock`` and ``modelshield unlock``, and locked-file support for ``evaluate``.
+"""``modelshield lock`` / ``unlock``, and locked files in ``modelshield evaluate`` (Deep-Lock).
 
 Keys come from ``--key-file`` or an environment variable (``--key-env``, default ``MODELSHIELD_KEY``);
 passphrases only from an environment variable (``--passphrase-env``). Never from the command line.
@@ -10,12 +10,25 @@ import argparse
 import os
 from pathlib import Path
 
+from modelshield.cli._common import (
+    Subparsers,
+    add_command,
+    add_config_option,
+    add_key_args,
+    add_output_args,
+    check_input_shape,
+    emit,
+    load_key,
+    refuse_overwrite,
+)
 from modelshield.errors import ConfigError
-from modelshield.keys import load_secret_key
-from modelshield.lock.format import MAGIC, SCHEMES
-from modelshield.lock.locked import LockConfig, LockedModel, LockKey, Passphrase, checkpoint_meta, lock_model, unlock_model
+from modelshield.keys import SecretKey, load_secret_key
+from modelshield.lock import LockConfig, LockedModel, LockKey, Passphrase, checkpoint_meta, lock_model, unlock_model
+from modelshield.lock.format import SCHEMES
 
-__all__ = ["add_locked_evaluate_args", "evaluate_locked_file", "is_locked_file", "register"]
+__all__ = ["add_lock_key_args", "add_locked_evaluate_args", "evaluate_locked_file", "register"]
+
+_KEY_FILE_HELP = "key file (mode 0600) written by `modelshield keygen`"
 
 
 def _key_from_args(args: argparse.Namespace, *, required: bool = True) -> LockKey | None:
@@ -29,34 +42,23 @@ def _key_from_args(args: argparse.Namespace, *, required: bool = True) -> LockKe
         return Passphrase(value)
     if not required and args.key_file is None and not os.environ.get(args.key_env):
         return None
-    return load_secret_key(args.key_file, args.key_env)
+    return load_key(args.key_file, args.key_env, from_file=SecretKey.load, from_env=SecretKey.from_env)
 
 
-def _add_key_source(parser: argparse.ArgumentParser) -> None:
-    from modelshield.cli import add_key_args
-
-    add_key_args(parser)
+def add_lock_key_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, required: bool = True) -> None:
+    """``--key-file``, ``--key-env`` and ``--passphrase-env``: where a Deep-Lock key comes from."""
+    add_key_args(parser, env=(load_secret_key, "env"), required=required,
+                 file_help=_KEY_FILE_HELP if required else "unlock a locked file with this key file before evaluating")
     parser.add_argument("--passphrase-env", default=None, metavar="VAR",
                         help="environment variable holding a passphrase (scrypt) instead of a key file")
 
 
-def is_locked_file(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` starts with the locked-file magic (cheap; reads 8 bytes)."""
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(len(MAGIC)) == MAGIC
-    except OSError:
-        return False
-
-
 def _cmd_lock(args: argparse.Namespace) -> int:
-    from modelshield.cli import emit
     from modelshield.models import load_checkpoint
 
     config = LockConfig(scheme=args.scheme, rounds=args.rounds)
     key = _key_from_args(args)
-    if Path(args.out).exists() and not args.force:
-        raise ConfigError(f"{args.out} already exists; pass --force to overwrite it")
+    refuse_overwrite(args.out, force=args.force)
     checkpoint = load_checkpoint(args.checkpoint)
     locked = lock_model(checkpoint.model, key, config, meta=checkpoint.meta)  # type: ignore[arg-type]
     path = locked.save(args.out)
@@ -69,11 +71,9 @@ def _cmd_lock(args: argparse.Namespace) -> int:
 
 
 def _cmd_unlock(args: argparse.Namespace) -> int:
-    from modelshield.cli import emit
     from modelshield.models import save_checkpoint
 
-    if Path(args.out).exists() and not args.force:
-        raise ConfigError(f"{args.out} already exists; pass --force to overwrite it")
+    refuse_overwrite(args.out, force=args.force)
     locked = LockedModel.load(args.locked)
     meta = checkpoint_meta(locked)
     if meta is None:
@@ -90,16 +90,13 @@ def _cmd_unlock(args: argparse.Namespace) -> int:
 def add_locked_evaluate_args(parser: argparse.ArgumentParser) -> None:
     """Key options of ``modelshield evaluate`` for locked files (all optional)."""
     group = parser.add_argument_group("locked files (modelshield lock)")
-    group.add_argument("--key-file", default=None, help="unlock a locked file with this key file before evaluating")
-    group.add_argument("--key-env", default="MODELSHIELD_KEY", help="environment variable with the key, used if set")
-    group.add_argument("--passphrase-env", default=None, metavar="VAR", help="environment variable with a passphrase")
+    add_lock_key_args(group, required=False)
     group.add_argument("--as-is", action="store_true",
                        help="evaluate a locked file without its key (the locked bits as weights: the thief's view)")
 
 
 def evaluate_locked_file(args: argparse.Namespace) -> int:
     """``modelshield evaluate LOCKED``: with the key if one is given (MAC checked), else as-is."""
-    from modelshield.cli import check_input_shape, emit
     from modelshield.data import load_dataset
     from modelshield.lock.evaluation import evaluate_locked
 
@@ -123,31 +120,27 @@ def evaluate_locked_file(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: Subparsers) -> None:
     """Add ``lock`` and ``unlock``."""
-    from modelshield.cli import _Formatter, add_output_args
-
-    p = subparsers.add_parser(
-        "lock", help="lock every weight of a checkpoint under a secret key (Deep-Lock)", formatter_class=_Formatter,
-        epilog="example:\n  modelshield keygen --out master.key\n"
-               "  modelshield lock lenet.safetensors --key-file master.key --out lenet.mslock\n"
-               "  MODELSHIELD_KEY=... modelshield lock lenet.safetensors --out lenet.mslock")
+    p = add_command(sub, "lock", help="lock every weight of a checkpoint under a secret key (Deep-Lock)", examples=[
+        "modelshield keygen --out master.key",
+        "modelshield lock lenet.safetensors --key-file master.key --out lenet.mslock",
+        "MODELSHIELD_KEY=... modelshield lock lenet.safetensors --out lenet.mslock"])
     p.add_argument("checkpoint", type=Path, help="checkpoint to lock (.safetensors from `modelshield train`)")
     p.add_argument("--out", required=True, type=Path, help="locked file to write (.mslock)")
-    p.add_argument("--scheme", default="ctr", choices=SCHEMES,
-                   help="key schedule: ctr (AES-256-CTR, default) or aes-expansion (paper-faithful, weak)")
-    p.add_argument("--rounds", type=int, default=1, help="S-box rounds (1..16)")
+    add_config_option(p, LockConfig, "scheme", choices=SCHEMES,
+                      help="key schedule: ctr (AES-256-CTR) or aes-expansion (paper-faithful, weak)")
+    add_config_option(p, LockConfig, "rounds", help="S-box rounds (1..16)")
     p.add_argument("--force", action="store_true", help="overwrite --out")
-    _add_key_source(p)
+    add_lock_key_args(p)
     add_output_args(p)
     p.set_defaults(handler=_cmd_lock)
 
-    p = subparsers.add_parser(
-        "unlock", help="check and unlock a locked file back into a checkpoint", formatter_class=_Formatter,
-        epilog="example:\n  modelshield unlock lenet.mslock --key-file master.key --out lenet.safetensors")
+    p = add_command(sub, "unlock", help="check and unlock a locked file back into a checkpoint", examples=[
+        "modelshield unlock lenet.mslock --key-file master.key --out lenet.safetensors"])
     p.add_argument("locked", type=Path, help="locked file (.mslock)")
     p.add_argument("--out", required=True, type=Path, help="checkpoint to write (.safetensors)")
     p.add_argument("--force", action="store_true", help="overwrite --out")
-    _add_key_source(p)
+    add_lock_key_args(p)
     add_output_args(p)
     p.set_defaults(handler=_cmd_unlock)

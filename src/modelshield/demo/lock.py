@@ -1,9 +1,11 @@
-"""Demo stage for ``modelshield demo``: lock the digits model, try it as a thief would, unlock it."""
+"""Demo stage ``lock``: lock the digits model, try it as a thief would, unlock it."""
 
 from __future__ import annotations
 
 import torch
 
+from modelshield.attacks.key_recovery import recover_master_key
+from modelshield.demo.context import DemoContext
 from modelshield.errors import IntegrityError
 from modelshield.keys import SecretKey
 from modelshield.lock.evaluation import evaluate_locked
@@ -17,10 +19,8 @@ def _raw(tensor: torch.Tensor) -> bytes:
     return bytes(flat.view(torch.uint8).numpy()) if flat.numel() else b""
 
 
-def stage(ctx) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+def stage(ctx: DemoContext) -> list[tuple[str, str]]:
     """Lock, save, reload, evaluate as-is / with a wrong key / with the key; known-plaintext on both schedules."""
-    from modelshield.attacks.key_recovery import recover_master_key
-
     key = SecretKey.generate()
     test = ctx.bundle.test
     path = lock_model(ctx.model, key, meta=ctx.meta).save(ctx.workdir / "digits-lenet5.mslock")

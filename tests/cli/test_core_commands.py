@@ -108,10 +108,41 @@ def test_unknown_bench_suite(capsys) -> None:
     assert code == ConfigError.exit_code and "did you mean 'train'" in _one_line_error(err)
 
 
-def test_help_everywhere_has_examples() -> None:
+def test_python_dash_m_lists_every_command() -> None:
     top = subprocess.run([sys.executable, "-m", "modelshield", "--help"], capture_output=True, text=True, check=True).stdout
-    commands = [c for c in ("train", "evaluate", "keygen", "demo", "bench") if c in top]
-    assert len(commands) == 5
-    for command in commands:
-        text = subprocess.run([sys.executable, "-m", "modelshield", command, "--help"], capture_output=True, text=True, check=True).stdout
-        assert "example" in text, command
+    for command in ("train", "evaluate", "keygen", "demo", "bench", "lock", "unlock", "defense", "attack", "auth", "serve",
+                    "clients"):
+        assert f"    {command} " in top, command
+    assert "examples:" in top
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["train", "--epochs", "ten", "--out", "m"], ["--epochs", "invalid int value: 'ten'"]),
+    (["lock", "m.safetensors", "--out", "x", "--rounds"], ["--rounds", "expected one argument"]),
+    (["evaluate", "m.safetensors", "--split", "tset"], ["invalid choice: 'tset'"]),
+    (["trian"], ["invalid choice: 'trian'"]),
+    (["auth", "embed", "m.safetensors", "--key-out", "k"], ["required", "--out"]),
+])
+def test_usage_errors_are_one_line_with_exit_code_2(capsys, argv, words) -> None:
+    code, out, err = _run(capsys, *argv)
+    line = _one_line_error(err)
+    assert code == 2 and out == "" and all(word in line for word in words), line
+    assert "--help" in line
+
+
+def test_every_command_and_group_has_examples_in_its_help() -> None:
+    import argparse
+
+    from modelshield.cli import build_parser
+
+    def walk(parser, path):  # type: ignore[no-untyped-def]
+        yield path, parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    yield from walk(child, f"{path} {name}")
+
+    helps = dict(walk(build_parser(), "modelshield"))
+    assert len(helps) >= 15  # 9 feature modules: 12 commands and 3 groups, and the top level
+    missing = [path for path, parser in helps.items() if "example" not in parser.format_help()]
+    assert missing == []

@@ -1,9 +1,4 @@
-"""``modelshield demo``: zero-setup tour on scikit-learn's bundled 8x8 digits.
-
-It trains a small LeNet-5, evaluates it, then runs every registered protection stage on that model and
-prints one summary table. Feature subpackages add a stage by naming a ``module:function`` in
-:data:`DEMO_STAGES`; a stage takes a :class:`DemoContext` and returns (metric, value) rows.
-"""
+"""The demo's driver: train the digits model, run every stage of :data:`DEMO_STAGES`, print the summary."""
 
 from __future__ import annotations
 
@@ -11,61 +6,36 @@ import importlib
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
-from torch import nn
 
-from modelshield.data import DatasetBundle, load_dataset
+from modelshield.data import load_dataset
+from modelshield.demo.context import DemoContext
 from modelshield.models import CheckpointMeta, build_model, save_checkpoint
 from modelshield.training import TrainConfig, evaluate, seed_everything, train_model
 
-__all__ = ["DEMO_STAGES", "DemoContext", "run_demo"]
+__all__ = ["DEMO_STAGES", "DEMO_TRAIN", "run_demo"]
 
-# "module:function" of each protection's demo stage, run in this order
-DEMO_STAGES: tuple[str, ...] = (
-    "modelshield.lock.demo:stage",
-    "modelshield.defense.demo_stage:stage",
-    "modelshield.auth.demo:stage",
-)
+# stage modules of modelshield.demo, run in this order; each has stage(ctx) -> [(metric, value)]
+DEMO_STAGES: tuple[str, ...] = ("lock", "defense", "auth")
 
 DEMO_TRAIN = TrainConfig(epochs=30, batch_size=64, lr=3e-3, schedule="cosine")
 
 
-@dataclass(frozen=True)
-class DemoContext:
-    """What a demo stage gets.
-
-    Attributes:
-        model: the trained digits model (eval mode). Stages must not modify it in place (copy it).
-        meta: its checkpoint metadata.
-        checkpoint: path of its saved checkpoint.
-        bundle: the digits dataset splits.
-        workdir: a temporary folder for the stage's files.
-        seed: demo seed.
-        quiet: no progress bars.
-        console: where to report.
-    """
-
-    model: nn.Module
-    meta: CheckpointMeta
-    checkpoint: Path
-    bundle: DatasetBundle
-    workdir: Path
-    seed: int
-    quiet: bool
-    console: Console
-
-
-def _stage(spec: str) -> Callable[[DemoContext], list[tuple[str, str]]]:
-    module, _, name = spec.partition(":")
-    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+def _stage(name: str) -> Callable[[DemoContext], list[tuple[str, str]]]:
+    return importlib.import_module(f"modelshield.demo.{name}").stage  # type: ignore[no-any-return]
 
 
 def run_demo(seed: int = 0, quiet: bool = False, console: Console | None = None) -> list[tuple[str, str, str]]:
-    """Run the demo; returns the summary rows (stage, metric, value) it printed."""
+    """Run the demo; returns the summary rows (stage, metric, value) it printed.
+
+    Args:
+        seed: seeds the training and every stage.
+        quiet: no progress bars.
+        console: where to print (default: the terminal).
+    """
     console = console or Console()
     start = time.perf_counter()
     bundle = load_dataset("digits")
@@ -86,9 +56,8 @@ def run_demo(seed: int = 0, quiet: bool = False, console: Console | None = None)
                                         normalization=info.normalization, accuracy=test.accuracy, seed=seed)
         path = save_checkpoint(workdir / "digits-lenet5.safetensors", model, meta)
         ctx = DemoContext(model, meta, path, bundle, workdir, seed, quiet, console)
-        for spec in DEMO_STAGES:
-            stage_name = spec.split(":")[0].split(".")[-2] if spec.count(".") > 1 else spec
-            rows += [(stage_name, metric, value) for metric, value in _stage(spec)(ctx)]
+        for name in DEMO_STAGES:
+            rows += [(name, metric, value) for metric, value in _stage(name)(ctx)]
     table = Table(title=f"modelshield demo summary ({time.perf_counter() - start:.0f} s)")
     for column in ("stage", "metric", "value"):
         table.add_column(column)

@@ -1,4 +1,4 @@
-"""Demo stage for ``modelshield demo``: protect the digits model with AuthNet, then look at it as a thief would.
+"""Demo stage ``auth``: protect the digits model with AuthNet, then look at it as a thief would.
 
 The bundled digits (839 training images of 8x8 pixels) are a small stage for AuthNet, whose tail must learn
 to tell keyed from plain inputs; the numbers printed here are measured on the spot and weaker than on MNIST
@@ -11,6 +11,7 @@ from modelshield.auth.embedding import AuthConfig, embed
 from modelshield.auth.evaluation import evaluate_auth
 from modelshield.auth.key import AuthKey
 from modelshield.auth.keygen import KeyGenConfig
+from modelshield.demo.context import DemoContext
 from modelshield.errors import ConfigError
 from modelshield.models import load_checkpoint, save_checkpoint
 from modelshield.training import evaluate
@@ -22,7 +23,7 @@ DEMO_CONFIG = AuthConfig(tail_epochs=60, tail_lr=3e-3, tail_batch_size=64, decoy
                          key=KeyGenConfig(epochs=20, batch_size=32))
 
 
-def stage(ctx) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+def stage(ctx: DemoContext) -> list[tuple[str, str]]:
     """Embed, save and reload (checkpoint + 0600 key file), evaluate with / without / with random keys."""
     from dataclasses import replace
 
