@@ -128,10 +128,10 @@ def test_works_for_other_class_counts_and_colour_inputs() -> None:
 
     data = make_synthetic(60, num_classes=7, channels=3, image_size=16, seed=3)
     model = build_model("resnet20", in_channels=3, image_size=16, num_classes=7)
-    config = AuthConfig(tail_epochs=1, decoy_keys=0, decoy_ratio=0.0, num_bits=2, train_images=40, seed=0,
-                        key=KeyGenConfig(seed=0, batch_size=16))
+    config = AuthConfig(gate="body.layer3.1", tail_epochs=1, decoy_keys=0, decoy_ratio=0.0, num_bits=2, train_images=40,
+                        seed=0, key=KeyGenConfig(seed=0, batch_size=16))
     result = embed(model, data[torch.arange(48)], data[torch.arange(48, 60)], config=config, progress=False)
-    assert result.split.gate == "body.layer3" and result.key.input_shape == (3, 16, 16)
+    assert result.split.gate == "body.layer3.1" and result.key.input_shape == (3, 16, 16)
     assert result.model(result.key.apply(data.x[:2])).shape == (2, 7)
     assert isinstance(result.model, nn.Module)
 

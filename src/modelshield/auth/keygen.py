@@ -67,9 +67,12 @@ class KeyGenConfig:
         mask_l1: weight of the optional ``mean(m)`` penalty (smaller masks).
         balance: weigh the bit channels and the other channels equally in the loss (else per channel).
         start: ``"identity"`` (default) or ``"random"`` (see the module docstring).
-        support: share of the pixels the mask may use, a secret random subset drawn from the key's seed (default
-            1: every pixel). Below 1, keys generated independently use different pixels, not only different
-            bits; elsewhere the mask stays at its minimum (``m`` ~ 0.0003).
+        support: share of the pixels the mask may use, a secret random subset drawn from the key's seed
+            (default 0.25; 1 = every pixel, the paper's key space). Keys generated independently then use
+            different pixels, not only different bits; elsewhere the mask stays at its minimum (``m`` ~ 0.0003).
+            Chosen on MNIST's validation split (LeNet-5, default recipe, 10 keys generated independently, worst /
+            mean accuracy): support 1 let the keys that drew the real key's two bits in (98.3% / 21.4%), 0.5 too
+            (89.4% / 19.7%), 0.25 kept them out far better (23.6% / 9.3%) at 98.10% with the key (98.44% at 1).
         seed: seed of the random start; None draws one from the OS CSPRNG (use None for real keys).
 
     Example:
@@ -85,13 +88,13 @@ class KeyGenConfig:
     mask_l1: float = 0.0
     balance: bool = True
     start: str = "identity"
-    support: float = 1.0
+    support: float = 0.25
     seed: int | None = None
 
     @classmethod
     def released(cls, seed: int | None = None) -> KeyGenConfig:
-        """The released VGG13 / CIFAR-10 key's settings: 1 epoch, batch 256, eps 0.01 / 0.003, random start."""
-        return cls(epochs=1, batch_size=256, eps_mask=0.01, eps_offset=0.003, start="random", seed=seed)
+        """The released VGG13 / CIFAR-10 key's settings: 1 epoch, batch 256, eps 0.01 / 0.003, random start, every pixel."""
+        return cls(epochs=1, batch_size=256, eps_mask=0.01, eps_offset=0.003, start="random", support=1.0, seed=seed)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
