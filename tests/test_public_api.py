@@ -19,6 +19,15 @@ def test_all_is_pinned() -> None:
     assert set(modelshield.__all__) == EXPECTED
 
 
-def test_every_public_name_resolves() -> None:
-    for name in modelshield.__all__:
-        assert getattr(modelshield, name) is not None
+def test_every_public_name_is_documented_modelshield_api() -> None:
+    """Each exported name resolves to an object defined in modelshield (not a re-exported third-party name) with a
+    docstring, so ``help(modelshield.X)`` always says something."""
+    undocumented, foreign = [], []
+    for name in sorted(set(modelshield.__all__) - {"__version__"}):
+        obj = getattr(modelshield, name)
+        if not (getattr(obj, "__module__", "") or "").startswith("modelshield."):
+            foreign.append(name)
+        if not (obj.__doc__ or "").strip():
+            undocumented.append(name)
+    assert (foreign, undocumented) == ([], [])
+    assert isinstance(modelshield.__version__, str) and modelshield.__version__.count(".") == 2

@@ -36,7 +36,8 @@ def test_fit_then_extract_against_queen(checkpoint, tmp_path, capsys) -> None:  
     printed = json.loads(capsys.readouterr().out)
     saved = json.loads(out.read_text())
     assert printed == saved and saved["queries"] == 300 and saved["labels"] == "hard" and saved["defense"]["name"] == "queen"
-    assert 0.0 <= saved["accuracy"] <= 1.0 and saved["fidelity"] is not None
+    # QUEEN reversing after 3 novel queries per class holds a 300-query hard-label pirate near chance (measured 11%)
+    assert saved["accuracy"] < 0.5 and isinstance(saved["fidelity"], float)
 
 
 @pytest.mark.parametrize("argv, code, message", [

@@ -93,13 +93,19 @@ def test_hard_label_oracle_and_top1_defense_give_the_same_transcript(victim) -> 
     assert a.labels == b.labels == "hard" and a.prefix(10).labels == "hard"
 
 
-def test_attack_and_pool_errors(data_root) -> None:  # type: ignore[no-untyped-def]
+def test_attack_and_pool_errors() -> None:
+    """Data-free: runs everywhere (the pool kind is checked before any dataset is read)."""
     with pytest.raises(ConfigError, match="did you mean 'jbda-tr'"):
         build_attack("jbda-t", budget=10)
     with pytest.raises(ConfigError, match="seed_size"):
         JBDAConfig(budget=10, seed_size=20)
     with pytest.raises(ConfigError, match="query pool must be"):
-        query_pool("mnist", "elsewhere", data_root)
+        query_pool("digits", "elsewhere")
+    with pytest.raises(ConfigError, match="no default surrogate dataset for 'digits'"):
+        query_pool("digits", "surrogate")
+
+
+def test_real_query_pools(data_root) -> None:  # type: ignore[no-untyped-def]
     own, sur = query_pool("mnist", "attacker", data_root), query_pool("mnist", "surrogate", data_root)
     assert (len(own), own.name) == (20_000, "mnist/attacker")
     assert (len(sur), sur.name, tuple(sur.x.shape[1:])) == (60_000, "fashion-mnist/train", (1, 28, 28))
