@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from modelshield.auth import AuthConfig, KeyGenConfig, embed
-from modelshield.auth import AuthKey
-from modelshield.auth.evaluation import accuracy_with_key, evaluate_auth, independent_key
+from modelshield.auth import AuthKey, independent_key
+from modelshield.auth.evaluation import accuracy_with_key, evaluate_auth
 from modelshield.errors import ConfigError
 from modelshield.models import build_model
 from modelshield.training import evaluate

@@ -13,9 +13,9 @@ normalised input space); plain inputs get near-random answers. Nothing is added 
 """
 
 from modelshield.auth.bits import AuthBits, channel_means, select_bits
-from modelshield.auth.embedding import AuthConfig, EmbedResult, embed, model_normalization
-from modelshield.auth.evaluation import AuthEvaluation, accuracy_with_key, evaluate_auth, independent_key
-from modelshield.auth.autogate import AutoGateConfig, GateChoice, GateTrial, choose_gate
+from modelshield.auth.embedding import AuthConfig, EmbedResult, choose_gate, embed, independent_key, model_normalization
+from modelshield.auth.evaluation import AuthEvaluation, accuracy_with_key, evaluate_auth
+from modelshield.auth.autogate import AutoGateConfig, GateChoice, GateTrial
 from modelshield.auth.gate import AUTO, DEFAULT_GATES, GateSplit, default_gate, gate_candidates, gate_output, trace_gate
 from modelshield.auth.key import AUTH_KEY_ENV, AuthKey, KeyedModel
 from modelshield.auth.keygen import KeyGenConfig, KeyGenResult, generate_key

@@ -1,4 +1,7 @@
-"""``gate="auto"``: choose the gate of any CNN by short embedding trials scored on the validation split.
+"""``gate="auto"``: its configuration, trial records and choice rule (the trials themselves are run by
+:func:`modelshield.auth.embedding.choose_gate`, which needs :func:`~modelshield.auth.embedding.embed`).
+
+How the gate of any CNN is chosen by short embedding trials scored on the validation split:
 
 The candidates are the outputs of the network's blocks (:func:`~modelshield.auth.gate.gate_candidates`),
 less those whose tail is too expensive to train (``max_tail_share`` of the forward pass's multiply-adds),
@@ -18,7 +21,7 @@ Example (mechanics on a tiny network; ``modelshield bench auth`` measures the ch
     >>> import torch
     >>> from torch import nn
     >>> from modelshield.data import make_synthetic
-    >>> from modelshield.auth import AuthConfig, KeyGenConfig
+    >>> from modelshield.auth import AuthConfig, KeyGenConfig, choose_gate
     >>> net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1),
     ...                     nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 9, 4))
     >>> data = make_synthetic(96, num_classes=4, image_size=12, seed=0)
@@ -31,23 +34,12 @@ Example (mechanics on a tiny network; ``modelshield bench auth`` measures the ch
 
 from __future__ import annotations
 
-import hashlib
-import secrets
-import time
-from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict, dataclass
+from typing import Any
 
-import torch
-from torch import nn
-
-from modelshield.auth.gate import forward_macs, gate_candidates, trace_gate
-from modelshield.data.types import TensorData
 from modelshield.errors import ConfigError
 
-if TYPE_CHECKING:
-    from modelshield.auth.embedding import AuthConfig
-
-__all__ = ["AutoGateConfig", "GateChoice", "GateTrial", "choose_gate", "pick_gate"]
+__all__ = ["AutoGateConfig", "GateChoice", "GateTrial", "pick_gate"]
 
 
 @dataclass(frozen=True)
@@ -186,65 +178,6 @@ class GateChoice:
         """Inverse of :meth:`to_dict` (fields already checked by the caller)."""
         return cls(doc["gate"], doc["method"], tuple(GateTrial.from_dict(t) for t in doc["trials"]),
                    tuple(doc["candidates"]))
-
-
-def _subseed(seed: int, tag: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"modelshield-auth-gate:{seed}:{tag}".encode()).digest()[:8], "little") >> 1
-
-
-def choose_gate(model: nn.Module, train: TensorData, val: TensorData, config: AuthConfig, *,
-                progress: bool = False) -> GateChoice:
-    """Choose a gate for ``model`` by short embedding trials scored on ``val`` (see the module docstring).
-
-    Args:
-        model: a trained classifier (not modified).
-        train: training images (key generation and tail training of the trials).
-        val: validation images (the trials' scores; never pass the test split).
-        config: the embedding configuration; its ``auto`` field sets the trials' sizes.
-        progress: show progress bars.
-
-    Raises:
-        ConfigError: no usable candidate.
-    """
-    from modelshield.auth.embedding import embed  # embed calls choose_gate for gate="auto"
-    from modelshield.auth.evaluation import accuracy_with_key, independent_key
-    from modelshield.auth.key import AuthKey
-
-    auto = config.auto
-    example = train.x[:8]
-    total = max(1, forward_macs(model, example))
-    shares = {g: forward_macs(model, example, trace_gate(model, g, example).tail) / total
-              for g in gate_candidates(model, example)}
-    affordable = [g for g, share in shares.items() if share <= auto.max_tail_share]
-    if not affordable:
-        raise ConfigError(f"every gate candidate of {type(model).__name__} leaves a tail above max_tail_share="
-                          f"{auto.max_tail_share} of the network ({', '.join(f'{g} {s:.2f}' for g, s in shares.items())}); "
-                          "raise AutoGateConfig.max_tail_share or name the gate")
-    candidates = tuple(affordable[-auto.max_candidates:])
-    if len(candidates) == 1:
-        return GateChoice(candidates[0], "auto", (), candidates)
-    seed = config.seed if config.seed is not None else secrets.randbits(63)
-    val_sub = val.subset(auto.val_images, _subseed(seed, "val")) if auto.val_images < len(val) else val
-    trials = []
-    for gate in candidates:
-        trial_config = replace(config, gate=gate, key_images=auto.key_images, train_images=auto.train_images,
-                               tail_epochs=auto.tail_epochs, key=replace(config.key, epochs=auto.key_epochs, seed=None),
-                               seed=_subseed(seed, f"trial:{gate}"))
-        t0 = time.perf_counter()
-        result = embed(model, train, val_sub, config=trial_config, progress=progress)
-        gen = torch.Generator().manual_seed(_subseed(seed, f"random:{gate}"))
-        randoms = [accuracy_with_key(result.model, AuthKey.random(result.key.input_shape, result.key.normalization, gate,
-                                                                  generator=gen, theta=result.key.theta), val_sub)
-                   for _ in range(auto.random_keys)]
-        independent = [accuracy_with_key(result.model, independent_key(result.model, result.key, train, trial_config,
-                                                                       seed=_subseed(seed, f"independent:{gate}:{i}")), val_sub)
-                       for i in range(auto.independent_keys)]
-        decoy = result.history[result.best_epoch - 1].get("val_decoy", 0.0)
-        worst = max([result.val_unauthorized, decoy, *randoms, *independent])
-        trials.append(GateTrial(gate, tuple(result.split.gate_shape), round(shares[gate], 4), result.val_legit,
-                                result.val_unauthorized, max(randoms, default=0.0), decoy, max(independent, default=0.0),
-                                result.val_legit - worst, time.perf_counter() - t0))
-    return GateChoice(pick_gate(trials, auto.tolerance), "auto", tuple(trials), candidates)
 
 
 def pick_gate(trials: list[GateTrial] | tuple[GateTrial, ...], tolerance: float) -> str:

@@ -52,9 +52,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modelshield.auth.autogate import AutoGateConfig, GateChoice, choose_gate
+from modelshield.auth.autogate import AutoGateConfig, GateChoice, GateTrial, pick_gate
 from modelshield.auth.bits import AuthBits, channel_means, select_bits
-from modelshield.auth.gate import AUTO, GateSplit, TailRunner, default_gate, gate_output, trace_gate
+from modelshield.auth.evaluation import accuracy_with_key
+from modelshield.auth.gate import AUTO, GateSplit, TailRunner, default_gate, forward_macs, gate_candidates, gate_output, trace_gate
 from modelshield.auth.key import AuthKey
 from modelshield.auth.keygen import KeyGenConfig, generate_key
 from modelshield.data.types import Normalization, TensorData
@@ -62,7 +63,8 @@ from modelshield.errors import ConfigError
 from modelshield.models.zoo import Normalize
 from modelshield.training import TrainConfig, score_logits, train_model
 
-__all__ = ["AuthConfig", "EmbedResult", "default_num_bits", "embed", "model_normalization", "near_keyed", "random_keyed"]
+__all__ = ["AuthConfig", "EmbedResult", "choose_gate", "default_num_bits", "embed", "independent_key", "model_normalization",
+           "near_keyed", "random_keyed"]
 
 
 def default_num_bits(channels: int) -> int:
@@ -458,3 +460,86 @@ def embed(model: nn.Module, train: TensorData, val: TensorData, *, config: AuthC
                "total": t_end - t_start}
     return EmbedResult(model, key, bits, split, keygen.bit_change, keygen.other_change, kept["val_legit"],
                        kept["val_unauthorized"], run.best_epoch, choice, history, timings)
+
+
+def _independent_subseed(seed: int, tag: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"modelshield-auth-independent:{seed}:{tag}".encode()).digest()[:8], "little") >> 1
+
+
+def independent_key(model: nn.Module, key: AuthKey, train: TensorData, config: AuthConfig, *, seed: int) -> AuthKey:
+    """A key made with the same public procedure as ``key`` on other randomness: what an attacker who knows the
+    method (and has the model and training data) but not the secret would try.
+
+    The bits are drawn afresh (``config``'s pool rule, the same count as ``key``'s), on a fresh subset of
+    ``config.key_images`` training images, and the key is generated with ``config.key`` from a fresh start.
+
+    Args:
+        model: the protected model.
+        key: its key (gate, bit count, normalisation and input shape are taken from it).
+        train: training images.
+        config: the embedding configuration ``key`` was made with.
+        seed: this key's randomness (one seed per independent key).
+    """
+    x = train.x if config.key_images is None or config.key_images >= len(train) else \
+        train.subset(config.key_images, _independent_subseed(seed, "data")).x
+    means = channel_means(model, key.gate, x)
+    num_bits = len(key.bits) or (config.num_bits or 1)
+    bits = select_bits(means, num_bits, config.gamma, pool=config.pool_size(means, num_bits),
+                       generator=torch.Generator().manual_seed(_independent_subseed(seed, "bits")))
+    return generate_key(model, key.gate, x, bits, key.normalization, replace(config.key, seed=_independent_subseed(seed, "key"))).key
+
+
+def _gate_subseed(seed: int, tag: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"modelshield-auth-gate:{seed}:{tag}".encode()).digest()[:8], "little") >> 1
+
+
+def choose_gate(model: nn.Module, train: TensorData, val: TensorData, config: AuthConfig, *,
+                progress: bool = False) -> GateChoice:
+    """Choose a gate for ``model`` by short embedding trials scored on ``val`` (``gate="auto"``; the rule is in
+    :mod:`modelshield.auth.autogate`).
+
+    Args:
+        model: a trained classifier (not modified).
+        train: training images (key generation and tail training of the trials).
+        val: validation images (the trials' scores; never pass the test split).
+        config: the embedding configuration; its ``auto`` field sets the trials' sizes.
+        progress: show progress bars.
+
+    Raises:
+        ConfigError: no usable candidate.
+    """
+    auto = config.auto
+    example = train.x[:8]
+    total = max(1, forward_macs(model, example))
+    shares = {g: forward_macs(model, example, trace_gate(model, g, example).tail) / total
+              for g in gate_candidates(model, example)}
+    affordable = [g for g, share in shares.items() if share <= auto.max_tail_share]
+    if not affordable:
+        raise ConfigError(f"every gate candidate of {type(model).__name__} leaves a tail above max_tail_share="
+                          f"{auto.max_tail_share} of the network ({', '.join(f'{g} {s:.2f}' for g, s in shares.items())}); "
+                          "raise AutoGateConfig.max_tail_share or name the gate")
+    candidates = tuple(affordable[-auto.max_candidates:])
+    if len(candidates) == 1:
+        return GateChoice(candidates[0], "auto", (), candidates)
+    seed = config.seed if config.seed is not None else secrets.randbits(63)
+    val_sub = val.subset(auto.val_images, _gate_subseed(seed, "val")) if auto.val_images < len(val) else val
+    trials = []
+    for gate in candidates:
+        trial_config = replace(config, gate=gate, key_images=auto.key_images, train_images=auto.train_images,
+                               tail_epochs=auto.tail_epochs, key=replace(config.key, epochs=auto.key_epochs, seed=None),
+                               seed=_gate_subseed(seed, f"trial:{gate}"))
+        t0 = time.perf_counter()
+        result = embed(model, train, val_sub, config=trial_config, progress=progress)
+        gen = torch.Generator().manual_seed(_gate_subseed(seed, f"random:{gate}"))
+        randoms = [accuracy_with_key(result.model, AuthKey.random(result.key.input_shape, result.key.normalization, gate,
+                                                                  generator=gen, theta=result.key.theta), val_sub)
+                   for _ in range(auto.random_keys)]
+        independent = [accuracy_with_key(result.model, independent_key(result.model, result.key, train, trial_config,
+                                                                       seed=_gate_subseed(seed, f"independent:{gate}:{i}")), val_sub)
+                       for i in range(auto.independent_keys)]
+        decoy = result.history[result.best_epoch - 1].get("val_decoy", 0.0)
+        worst = max([result.val_unauthorized, decoy, *randoms, *independent])
+        trials.append(GateTrial(gate, tuple(result.split.gate_shape), round(shares[gate], 4), result.val_legit,
+                                result.val_unauthorized, max(randoms, default=0.0), decoy, max(independent, default=0.0),
+                                result.val_legit - worst, time.perf_counter() - t0))
+    return GateChoice(pick_gate(trials, auto.tolerance), "auto", tuple(trials), candidates)

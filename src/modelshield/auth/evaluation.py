@@ -13,24 +13,18 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from modelshield.auth.bits import channel_means, select_bits
 from modelshield.auth.key import AuthKey
-from modelshield.auth.keygen import generate_key
 from modelshield.data.types import TensorData
 from modelshield.errors import ConfigError
 from modelshield.training import evaluate
 
-if TYPE_CHECKING:
-    from modelshield.auth.embedding import AuthConfig
-
-__all__ = ["AuthEvaluation", "accuracy_with_key", "evaluate_auth", "independent_key"]
+__all__ = ["AuthEvaluation", "accuracy_with_key", "evaluate_auth"]
 
 
 @dataclass(frozen=True)
@@ -106,29 +100,3 @@ def evaluate_auth(model: nn.Module, key: AuthKey, data: TensorData, *, random_ke
                     for _ in range(random_keys))
     return AuthEvaluation(legit, plain, randoms, len(data))
 
-
-def _subseed(seed: int, tag: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"modelshield-auth-independent:{seed}:{tag}".encode()).digest()[:8], "little") >> 1
-
-
-def independent_key(model: nn.Module, key: AuthKey, train: TensorData, config: AuthConfig, *, seed: int) -> AuthKey:
-    """A key made with the same public procedure as ``key`` on other randomness: what an attacker who knows the
-    method (and has the model and training data) but not the secret would try.
-
-    The bits are drawn afresh (``config``'s pool rule, the same count as ``key``'s), on a fresh subset of
-    ``config.key_images`` training images, and the key is generated with ``config.key`` from a fresh start.
-
-    Args:
-        model: the protected model.
-        key: its key (gate, bit count, normalisation and input shape are taken from it).
-        train: training images.
-        config: the embedding configuration ``key`` was made with.
-        seed: this key's randomness (one seed per independent key).
-    """
-    x = train.x if config.key_images is None or config.key_images >= len(train) else \
-        train.subset(config.key_images, _subseed(seed, "data")).x
-    means = channel_means(model, key.gate, x)
-    num_bits = len(key.bits) or (config.num_bits or 1)
-    bits = select_bits(means, num_bits, config.gamma, pool=config.pool_size(means, num_bits),
-                       generator=torch.Generator().manual_seed(_subseed(seed, "bits")))
-    return generate_key(model, key.gate, x, bits, key.normalization, replace(config.key, seed=_subseed(seed, "key"))).key
