@@ -12,6 +12,8 @@ EXPECTED = {
     # extraction and QUEEN
     "CallableOracle", "ClientPolicy", "ModelOracle", "Oracle", "ProtectedModel", "QueenConfig", "QueenDefense", "QueenFitConfig", "build_attack", "build_defense", "fit_queen",
     "load_queen_artifacts", "run_extraction",
+    # MEA-Defender watermark
+    "VerifyReport", "WatermarkConfig", "WatermarkKey", "embed_watermark", "verify_watermark",
 }
 
 

@@ -99,3 +99,6 @@ __all__ = [
     "unlock_model",
     "unlock_state_dict",
 ]
+from modelshield.watermark import VerifyReport, WatermarkConfig, WatermarkKey, embed_watermark, verify_watermark  # noqa: E402
+
+__all__ += ["VerifyReport", "WatermarkConfig", "WatermarkKey", "embed_watermark", "verify_watermark"]

@@ -27,6 +27,7 @@ from modelshield.keys import SecretKey
 from modelshield.lock import LockedModel, lock_state_dict
 from modelshield.lock.format import MAX_HEADER_BYTES, PREFIX, encode_prefix, payload_start
 from modelshield.models import CheckpointMeta, build_model, load_checkpoint, save_checkpoint
+from modelshield.watermark import WatermarkKey
 
 Edit = Callable[[str], str]
 
@@ -124,6 +125,8 @@ FORMATS = [
     Format("auth-key", _write_auth_key, AuthKey.load, _safetensors_edit("modelshield-auth-key"), _safetensors_oversize),
     Format("queen-artifacts", _write_queen, load_queen_artifacts, _safetensors_edit("modelshield-queen"),
            _safetensors_oversize),
+    Format("watermark-key", lambda p: WatermarkKey.for_dataset("mnist", seed=5).save(p), WatermarkKey.load,
+           lambda d, edit: edit(d.decode()).encode(), lambda d: d + b" " * (1 << 16)),
 ]
 IDS = [f.name for f in FORMATS]
 

@@ -16,6 +16,7 @@ SUITES: dict[str, str] = {
     "extraction": "modelshield.bench.extraction_suite",
     "auth": "modelshield.bench.auth_suite",
     "serve": "modelshield.bench.serve_suite",
+    "watermark": "modelshield.bench.watermark_suite",
 }
 
 

@@ -37,7 +37,8 @@ from modelshield.errors import ModelShieldError
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 # feature modules of this package, each with register(subparsers), in help order: one line per feature
-COMMANDS: tuple[str, ...] = ("train", "evaluate", "keygen", "demo", "bench", "lock", "defense", "attack", "auth", "serve")
+COMMANDS: tuple[str, ...] = ("train", "evaluate", "keygen", "demo", "bench", "lock", "defense", "attack", "auth", "serve",
+                             "watermark")
 
 
 def build_parser() -> ArgumentParser:

@@ -94,6 +94,12 @@ CLI_ONLY_OPTIONS: dict[str, str] = {
     "url": "server address to attack instead of the checkpoint",
     "api_key_file": "input path; API keys never come from the command line",
     "auth_key_file": "input path; keys never come from the command line",
+    "classes": "watermark source and target classes; the default is the dataset's (WatermarkKey.for_dataset)",
+    "from_scratch": "switches `watermark embed` to WatermarkConfig.from_scratch()",
+    "embed_epochs": "`watermark embed --epochs`: WatermarkConfig's or from_scratch()'s default, per --from-scratch",
+    "embed_lr": "`watermark embed --lr`: WatermarkConfig's or from_scratch()'s default, per --from-scratch",
+    "null_rate": "calibrated null rate from independent models; None = VerifyConfig.default_null_rate",
+    "report": "output path",
 }
 
 

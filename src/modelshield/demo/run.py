@@ -19,7 +19,7 @@ from modelshield.training import TrainConfig, evaluate, seed_everything, train_m
 __all__ = ["DEMO_STAGES", "DEMO_TRAIN", "run_demo"]
 
 # stage modules of modelshield.demo, run in this order; each has stage(ctx) -> [(metric, value)]
-DEMO_STAGES: tuple[str, ...] = ("lock", "defense", "auth")
+DEMO_STAGES: tuple[str, ...] = ("lock", "defense", "auth", "watermark")
 
 DEMO_TRAIN = TrainConfig(epochs=30, batch_size=64, lr=3e-3, schedule="cosine")
 

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from torch import nn
 
+from modelshield.attacks.extraction.distillation import Distillation, DistillationConfig
 from modelshield.attacks.extraction.jbda import JBDA, JBDAConfig
 from modelshield.attacks.extraction.knockoff import KnockoffConfig, KnockoffNets
 from modelshield.attacks.extraction.pirate import PirateConfig, score_pirate, train_pirate
@@ -38,6 +39,7 @@ __all__ = ["ATTACK_NAMES", "ExtractionAttack", "ExtractionResult", "TranscriptSc
            "score_transcript"]
 
 ATTACK_NAMES = ("knockoff", "knockoff-adaptive", "jbda", "jbda-tr")
+ATTACK_NAMES = (*ATTACK_NAMES, "distillation")
 
 
 class ExtractionAttack(Protocol):
@@ -67,6 +69,8 @@ def build_attack(name: str, *, budget: int, seed: int = 0, **settings: Any) -> E
         if name in ("jbda", "jbda-tr"):
             settings.setdefault("seed_size", min(100, budget))
             return JBDA(JBDAConfig(budget=budget, targeted=name == "jbda-tr", seed=seed, **settings))
+        if name == "distillation":
+            return Distillation(DistillationConfig(budget=budget, seed=seed, **settings))
     except TypeError as exc:
         raise ConfigError(f"attack {name!r}: bad setting ({exc})") from None
     raise ConfigError(f"unknown extraction attack {name!r}{did_you_mean(name, ATTACK_NAMES)}; known: {', '.join(ATTACK_NAMES)}")
