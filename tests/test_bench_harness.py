@@ -22,7 +22,7 @@ from modelshield.bench.harness import (
     machine_info,
     run_suite,
 )
-from modelshield.bench.train_suite import QUICK_TRAIN_SIZE, VICTIMS
+from modelshield.bench.train_suite import QUICK_TRAIN_SIZE, VICTIMS, victim_dataset
 from modelshield.errors import ConfigError
 from modelshield.models.checkpoint import state_dict_fingerprint
 from modelshield.training import TrainConfig
@@ -307,9 +307,11 @@ def test_trained_models_are_shared_and_fingerprinted(tmp_path: Path) -> None:
 def test_victim_names_are_stable() -> None:
     """The benchmark victims are cached under these names; a changed digest would retrain them all."""
     ctx = BenchContext("train", progress=False)
-    names = {(dataset, quick): ctx.model_name(arch, dataset, quick_config if quick else full,
-                                              train_size=QUICK_TRAIN_SIZE if quick else None)
-             for dataset, (arch, full, quick_config) in VICTIMS.items() for quick in (False, True)}
+    names = {(name, quick): ctx.model_name(arch, victim_dataset(name), quick_config if quick else full,
+                                           train_size=QUICK_TRAIN_SIZE if quick else None)
+             for name, (arch, full, quick_config) in VICTIMS.items() for quick in (False, True)}
     assert names == {("mnist", False): "lenet5-mnist-s0-3879c076f5", ("mnist", True): "lenet5-mnist-s0-fb1bf33af7",
                      ("fashion-mnist", False): "vgg-fashion-mnist-s0-f8ecfad28b",
-                     ("fashion-mnist", True): "vgg-fashion-mnist-s0-fb1bf33af7"}
+                     ("fashion-mnist", True): "vgg-fashion-mnist-s0-fb1bf33af7",
+                     ("resnet20-fashion-mnist", False): "resnet20-fashion-mnist-s0-f8ecfad28b",
+                     ("resnet20-fashion-mnist", True): "resnet20-fashion-mnist-s0-fb1bf33af7"}

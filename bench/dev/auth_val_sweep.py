@@ -1,67 +1,99 @@
-"""Development sweep behind the README's AuthNet "distillation" figures (not part of ``modelshield bench auth``).
+"""Development sweep behind the README's AuthNet defaults (not part of ``modelshield bench auth``).
 
-Embeds AuthNet into the bench's victim (Fashion-MNIST by default, ``--dataset mnist``) with a base config (the
-earlier recipe, or the bench's with ``--from-bench-config``) plus overrides, and scores the *validation* split
-only (the test split is left to the bench, so configurations are not tuned on it). One JSON line per run:
-kept epoch, with key / no key / decoy keys per epoch, three random keys, optionally keys generated
-independently (``--independent-keys``), CPU seconds.
+Scores the *validation* split only (the test split is left to the bench, so nothing is tuned on it), on a
+bench victim (``--victim``, a key of ``modelshield.bench.train_suite.VICTIMS``; ``--quick`` for the quick
+victims). Two modes:
 
-Usage (one thread, about 6 minutes a run on the reference machine; the victim is the bench's, trained first
-if ``bench/cache/models`` lacks it)::
+* runs: embed with ``AuthConfig()`` (the library defaults, zoo gate) plus each JSON object of overrides
+  (``{"gate": "body.pool2"}``, ``{"decoy_keys": 6}``, ``{"key": {"epochs": 8}}``); one JSON line per run: kept
+  epoch, with key / no key / decoy keys per epoch, three random keys, ``--independent-keys`` keys generated
+  independently (other seeds than the bench's), CPU seconds.
+* ``--auto``: the ``gate="auto"`` trials as a user gets them (``--all-candidates``: every affordable candidate),
+  one JSON line per trial; the zoo defaults in ``auth/gate.py`` come from these tables and the runs above.
 
-    .venv/bin/python bench/dev/auth_val_sweep.py --data-root ../shared/datasets '{"distill": 0.5}' '{"tail_lr": 0.0003}'
+Usage (one thread)::
+
+    .venv/bin/python bench/dev/auth_val_sweep.py --data-root ../shared/datasets --victim mnist --independent-keys 10 '{}'
+    .venv/bin/python bench/dev/auth_val_sweep.py --data-root ../shared/datasets --victim resnet20-fashion-mnist --quick --auto
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from dataclasses import replace
 
 import torch
 
-from modelshield.auth import AuthKey, embed
+from modelshield.auth import AuthConfig, AuthKey, AutoGateConfig, choose_gate, embed, independent_key
 from modelshield.auth.evaluation import accuracy_with_key
-from modelshield.bench.auth_suite import CONFIGS, independent_key
 from modelshield.bench.harness import BenchContext
-from modelshield.bench.train_suite import victim
+from modelshield.bench.train_suite import VICTIMS, victim, victim_dataset
 from modelshield.data import load_dataset
 from modelshield.training import evaluate
 
-EARLIER_RECIPE = {"tail_epochs": 10, "decoy_ratio": 1.0, "distill": 0.0}  # the defaults before the sweep
+SWEEP_SEED = 7_000_000  # independent keys here use seeds from SWEEP_SEED on; the bench uses other seeds
+
+
+def _config(overrides: dict) -> AuthConfig:  # type: ignore[type-arg]
+    key = overrides.pop("key", None)
+    auto = overrides.pop("auto", None)
+    config = replace(AuthConfig(), seed=0, **overrides)
+    if key:
+        config = replace(config, key=replace(config.key, **key))
+    if auto:
+        config = replace(config, auto=replace(config.auto, **auto))
+    return config
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("overrides", nargs="+", help="JSON objects of AuthConfig fields, one run each")
+    parser.add_argument("overrides", nargs="*", help="JSON objects of AuthConfig fields, one run each")
     parser.add_argument("--data-root", required=True)
-    parser.add_argument("--dataset", default="fashion-mnist", choices=sorted(CONFIGS))
+    parser.add_argument("--victim", default="fashion-mnist", choices=sorted(VICTIMS))
+    parser.add_argument("--quick", action="store_true", help="the quick victim (2 epochs on 10,000 images)")
     parser.add_argument("--independent-keys", type=int, default=0,
-                        help="also score this many keys generated independently (other seeds than the bench's) on the validation split")
-    parser.add_argument("--from-bench-config", action="store_true", help="start from the current bench config, not the earlier recipe (10 tail epochs, decoy ratio 1, no distillation)")
+                        help="also score this many keys generated independently on the validation split")
+    parser.add_argument("--auto", action="store_true", help="print the gate=auto trial table (AutoGateConfig() as a user gets it)")
+    parser.add_argument("--all-candidates", action="store_true", help="with --auto: every affordable candidate, not the deepest 4")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    bundle = load_dataset(args.dataset, args.data_root)
-    checkpoint, _ = victim(BenchContext("auth", data_root=args.data_root, progress=False), args.dataset)  # the bench's victim (trained if absent)
-    base = CONFIGS[args.dataset] if args.from_bench_config else replace(CONFIGS[args.dataset], **EARLIER_RECIPE)
+    bundle = load_dataset(victim_dataset(args.victim), args.data_root)
+    ctx = BenchContext("auth", data_root=args.data_root, progress=False, quick=args.quick)
+    checkpoint, _ = victim(ctx, args.victim)  # the bench's victim (trained if absent)
     clean_val = evaluate(checkpoint.model, bundle.val).accuracy
+    print(json.dumps({"victim": args.victim, "quick": args.quick, "clean_val": clean_val}), flush=True)
+    if args.auto:
+        config = replace(_config(json.loads(args.overrides[0]) if args.overrides else {}), gate="auto")
+        if args.all_candidates:
+            config = replace(config, auto=replace(config.auto, max_candidates=64))
+        start = time.process_time()
+        choice = choose_gate(checkpoint.model, bundle.train, bundle.val, config, progress=False)
+        for trial in choice.trials:
+            print(json.dumps({"trial": trial.to_dict(), "worst": trial.worst}), flush=True)
+        print(json.dumps({"chosen": choice.gate, "candidates": list(choice.candidates), "auto": config.auto.__dict__,
+                          "cpu_seconds": round(time.process_time() - start, 1)}), flush=True)
+        return
     for text in args.overrides:
-        config = replace(base, seed=0, **json.loads(text))
+        config = _config(json.loads(text))
         start = time.process_time()
         result = embed(checkpoint.model, bundle.train, bundle.val, config=config, progress=False)
         cpu = time.process_time() - start
         gen = torch.Generator().manual_seed(123)
         randoms = [accuracy_with_key(result.model, AuthKey.random(result.key.input_shape, result.key.normalization, generator=gen), bundle.val)
                    for _ in range(3)]
-        independent = [accuracy_with_key(result.model, independent_key(result.model, result.key, bundle.train, config, bit_seed=50_000 + i,
-                                                                       data_seed=60_000 + i, key_seed=70_000 + i), bundle.val)
-                       for i in range(args.independent_keys)]  # seeds the bench does not use
-        print(json.dumps({"overrides": json.loads(text), "clean_val": clean_val, "cpu_seconds": round(cpu, 1),
-                          "kept_epoch": result.best_epoch, "val_legit": result.val_legit, "val_unauthorized": result.val_unauthorized,
+        independent = [accuracy_with_key(result.model, independent_key(result.model, result.key, bundle.train, config,
+                                                                       seed=SWEEP_SEED + i), bundle.val)
+                       for i in range(args.independent_keys)]
+        print(json.dumps({"overrides": json.loads(text), "gate": result.split.gate, "clean_val": clean_val,
+                          "cpu_seconds": round(cpu, 1), "kept_epoch": result.best_epoch, "val_legit": result.val_legit,
+                          "val_unauthorized": result.val_unauthorized,
                           "epochs": [[h["epoch"], h["val_legit"], h["val_unauthorized"], h.get("val_decoy")] for h in result.history],
-                          "val_random_keys": randoms,
-                          "val_independent_keys": independent}), flush=True)
+                          "val_random_keys": randoms, "val_independent_keys": independent,
+                          "independent_worst": max(independent, default=None),
+                          "independent_mean": statistics.fmean(independent) if independent else None}), flush=True)
 
 
 if __name__ == "__main__":

@@ -73,3 +73,17 @@ def test_a_retrained_victim_or_lost_files_embed_again(fake: SimpleNamespace) -> 
     assert len(fake.embeds) == 3, "the cell survived but its key file did not"
     _protect(fake, config)
     assert len(fake.embeds) == 3
+
+
+def test_the_bench_measures_the_library_defaults() -> None:
+    ctx = BenchContext("auth", progress=False, seed=3)
+    assert auth_suite.config_for(ctx) == AuthConfig(seed=3)  # AuthConfig() as a user gets it, the run's seed only
+    assert auth_suite.config_for(BenchContext("auth", progress=False, quick=True)).train_images == auth_suite.QUICK_TRAIN_IMAGES
+
+
+def test_the_probe_cnn_is_outside_the_zoo_so_auto_chooses_its_gate() -> None:
+    from modelshield.auth import default_gate, gate_candidates
+
+    model = auth_suite.ProbeCNN()
+    assert default_gate(model) == "auto"
+    assert gate_candidates(model, torch.rand(2, 1, 28, 28)) == ("block1", "block2", "block3")

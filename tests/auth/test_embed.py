@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from modelshield.auth import AuthConfig, KeyGenConfig, embed
+from modelshield.auth import AuthKey, independent_key
 from modelshield.auth.evaluation import accuracy_with_key, evaluate_auth
 from modelshield.errors import ConfigError
 from modelshield.models import build_model
@@ -23,6 +24,26 @@ def test_key_opens_the_model_and_plain_inputs_do_not(protected: Protected) -> No
     assert report.unauthorized <= 0.35  # 4 classes: chance is 0.25; the clean model scores >= 0.95 here
     assert report.legit - report.unauthorized >= 0.5
     assert report.random_mean is not None and report.random_mean <= 0.6
+
+
+def test_evaluate_auth_refuses_a_key_of_another_model_unless_told(protected: Protected) -> None:
+    key = protected.result.key
+    with pytest.raises(ConfigError, match="fingerprint"):
+        evaluate_auth(protected.clean, key, protected.test, random_keys=0)  # the clean model is not the protected one
+    report = evaluate_auth(protected.clean, key, protected.test, random_keys=0, verify=False)  # measured on purpose
+    assert report.legit >= 0.8
+    unbound = AuthKey(key.mask_raw, key.offset, key.normalization, key.gate)
+    with pytest.raises(ConfigError, match="not bound"):
+        evaluate_auth(protected.result.model, unbound, protected.test, random_keys=0)
+
+
+def test_independent_keys_follow_the_public_procedure_on_other_randomness(protected: Protected) -> None:
+    result = protected.result
+    config = AuthConfig(seed=0, key=KeyGenConfig(epochs=1))
+    a, b = (independent_key(result.model, result.key, protected.train, config, seed=s) for s in (1, 2))
+    again = independent_key(result.model, result.key, protected.train, config, seed=1)
+    assert a == again and a != b and a != result.key
+    assert a.gate == result.key.gate and len(a.bits) == len(result.key.bits) and a.model_fingerprint is None
 
 
 def test_the_gap_comes_from_the_tail_training_not_from_the_key(protected: Protected) -> None:
@@ -107,10 +128,10 @@ def test_works_for_other_class_counts_and_colour_inputs() -> None:
 
     data = make_synthetic(60, num_classes=7, channels=3, image_size=16, seed=3)
     model = build_model("resnet20", in_channels=3, image_size=16, num_classes=7)
-    config = AuthConfig(tail_epochs=1, decoy_keys=0, decoy_ratio=0.0, num_bits=2, train_images=40, seed=0,
-                        key=KeyGenConfig(seed=0, batch_size=16))
+    config = AuthConfig(gate="body.layer3.1", tail_epochs=1, decoy_keys=0, decoy_ratio=0.0, num_bits=2, train_images=40,
+                        seed=0, key=KeyGenConfig(seed=0, batch_size=16))
     result = embed(model, data[torch.arange(48)], data[torch.arange(48, 60)], config=config, progress=False)
-    assert result.split.gate == "body.layer3" and result.key.input_shape == (3, 16, 16)
+    assert result.split.gate == "body.layer3.1" and result.key.input_shape == (3, 16, 16)
     assert result.model(result.key.apply(data.x[:2])).shape == (2, 7)
     assert isinstance(result.model, nn.Module)
 

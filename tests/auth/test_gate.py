@@ -6,31 +6,74 @@ import pytest
 import torch
 from torch import nn
 
-from modelshield.auth import default_gate, gate_output, trace_gate
-from modelshield.auth.gate import TailRunner
+from modelshield.auth import default_gate, gate_candidates, gate_output, trace_gate
+from modelshield.auth.gate import TailRunner, forward_macs
 from modelshield.errors import ConfigError
 from modelshield.models import build_model
 
 from .conftest import tiny_cnn
 
 
-@pytest.mark.parametrize(("arch", "gate"), [("lenet5", "body.pool1"), ("vgg", "body.block2"), ("resnet20", "body.layer3")])
-def test_zoo_defaults(arch: str, gate: str) -> None:
+def test_resnet20_has_no_fixed_default_so_auto_chooses() -> None:
+    # body.layer3 (pooling + classifier as the tail) gave no protection; no fixed gate is validated yet
+    assert default_gate(build_model("resnet20", in_channels=1, image_size=16, num_classes=5)) == "auto"
+
+
+@pytest.mark.parametrize(("arch", "gate"), [("lenet5", "body.pool1"), ("vgg", "body.block2"), ("resnet20", "body.layer3.1")])
+def test_zoo_gates_split_cleanly(arch: str, gate: str) -> None:
     model = build_model(arch, in_channels=1, image_size=16, num_classes=5)
-    assert default_gate(model) == gate
+    assert default_gate(model) in (gate, "auto")
     split = trace_gate(model, gate, torch.rand(3, 1, 16, 16))
     assert split.cacheable
     assert "classifier" in split.tail and "normalize" in split.head
 
 
-def test_sequential_default_is_the_last_spatial_stage() -> None:
+def test_models_outside_the_zoo_default_to_auto() -> None:
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3), nn.ReLU(),
                           nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
-    assert default_gate(model, torch.rand(2, 1, 14, 14)) == "4"
-    with pytest.raises(ConfigError, match="example batch"):
-        default_gate(model)
-    with pytest.raises(ConfigError, match="no spatial"):
-        default_gate(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), torch.rand(2, 1, 2, 2))
+    assert default_gate(model) == "auto"
+    assert gate_candidates(model, torch.rand(2, 1, 14, 14)) == ("2",)  # the one pooling stage; a bare conv is no block
+    with pytest.raises(ConfigError, match="no block output"):
+        gate_candidates(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), torch.rand(2, 1, 2, 2))
+
+
+class Staged(nn.Module):
+    """Not a Sequential and not in the zoo: a stem, two stages (one a residual block) and a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)
+        self.stage1 = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.res = nn.ModuleDict({"a": nn.Conv2d(4, 4, 3, padding=1), "b": nn.Conv2d(4, 4, 3, padding=1)})
+        self.pool = nn.MaxPool2d(2)
+        self.head = nn.Linear(4 * 3 * 3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stage1(torch.relu(self.stem(x)))
+        x = torch.relu(x + self.res["b"](torch.relu(self.res["a"](x))))
+        return self.head(self.pool(x).flatten(1))
+
+
+def test_candidates_of_any_module_follow_execution_order_and_skip_non_cuts() -> None:
+    x = torch.rand(2, 1, 12, 12)
+    # stage1 (its pool ends on the same tensor: the outermost name is kept), then the pool; the residual
+    # branch's convolutions are no blocks, and the ModuleDict never runs as a module
+    assert gate_candidates(Staged(), x) == ("stage1", "pool")
+    resnet = build_model("resnet20", in_channels=1, image_size=16, num_classes=3)
+    found = gate_candidates(resnet, torch.rand(2, 1, 16, 16))
+    assert found[-3:] == ("body.layer3.0", "body.layer3.1", "body.layer3") and "body.layer1.0" in found
+    assert not any("shortcut" in g for g in found)  # inside a residual block: not a cut of the graph
+    assert all(trace_gate(resnet, g, torch.rand(2, 1, 16, 16)).cacheable for g in found)
+
+
+def test_forward_macs_counts_convolutions_and_linear_layers() -> None:
+    model = build_model("lenet5", in_channels=1, image_size=28, num_classes=10)
+    x = torch.rand(2, 1, 28, 28)
+    # conv1 6x28x28 outputs x 25 taps, conv2 16x10x10 x 150, fc 400x120, 120x84, 84x10
+    expected = 6 * 784 * 25 + 1600 * 150 + 400 * 120 + 120 * 84 + 84 * 10
+    assert forward_macs(model, x) == expected
+    tail = trace_gate(model, "body.pool2", x).tail
+    assert forward_macs(model, x, tail) == 400 * 120 + 120 * 84 + 84 * 10
 
 
 def test_split_follows_execution_order() -> None:

@@ -118,6 +118,31 @@ def test_malformed_files_are_format_errors(tmp_path) -> None:
     assert base64.b64decode(_key().to_base64()) == data
 
 
+def test_gate_choice_round_trips_and_is_checked() -> None:
+    from modelshield.auth import GateChoice, GateTrial
+
+    trial = GateTrial("body.pool1", (6, 14, 14), 0.72, 0.98, 0.05, 0.06, 0.04, 0.07, 0.91, 12.5)
+    choice = GateChoice("body.pool1", "auto", (trial, GateTrial("body.pool2", (16, 5, 5), 0.14, 0.97, 0.2, 0.2, 0.1, 0.3,
+                                                                0.67, 8.0)), ("body.pool1", "body.pool2"))
+    key = AuthKey(_key().mask_raw, _key().offset, NORM, "body.pool1", gate_choice=choice)
+    loaded = AuthKey.from_bytes(key.to_bytes())
+    assert loaded.gate_choice == choice and loaded == key and loaded != _key()
+    assert key.bound_to(torch.nn.Linear(2, 2)).gate_choice == choice
+    with pytest.raises(ConfigError, match="names gate 'body.pool2'"):
+        AuthKey(_key().mask_raw, _key().offset, NORM, "body.pool1", gate_choice=GateChoice("body.pool2", "given"))
+    data = key.to_bytes()
+    cases = {
+        "method": (lambda h, m: m["gate_choice"].update(method="guess"), "gate_choice.method: expected one of"),
+        "extra": (lambda h, m: m["gate_choice"].update(note="x"), "unexpected \\['note'\\]"),
+        "trial": (lambda h, m: m["gate_choice"]["trials"][0].update(score="high"), "trials\\[0\\].score: expected a number"),
+        "missing": (lambda h, m: m["gate_choice"]["trials"][1].pop("legit"), "missing \\['legit'\\]"),
+        "candidates": (lambda h, m: m["gate_choice"].update(candidates=[1]), "gate_choice.candidates"),
+    }
+    for name, (edit, message) in cases.items():
+        with pytest.raises(FormatError, match=message):
+            AuthKey.from_bytes(_with_header(data, edit), source=name)
+
+
 def test_constructor_validates() -> None:
     with pytest.raises(ConfigError, match="shapes disagree"):
         AuthKey(torch.zeros(1, 4, 4), torch.zeros(1, 4, 5), Normalization.identity(1), "g")

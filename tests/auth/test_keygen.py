@@ -7,6 +7,7 @@ import torch
 
 from modelshield.auth import AuthKey, KeyGenConfig, channel_means, generate_key, select_bits
 from modelshield.auth.embedding import AuthConfig, near_keyed
+from modelshield.auth.key import mask_from_raw
 from modelshield.data import Normalization, make_synthetic
 from modelshield.errors import ConfigError
 
@@ -45,6 +46,21 @@ def test_identity_start_raises_the_bits_and_leaves_the_rest() -> None:
     assert start.mask_mean < ours.mask_mean
 
 
+def test_a_partial_support_keeps_the_mask_on_a_secret_pixel_subset() -> None:
+    torch.manual_seed(0)
+    model = tiny_cnn().eval()
+    x = make_synthetic(128, num_classes=4, image_size=12, seed=0).x
+    bits = select_bits(channel_means(model, "2", x), 2, gamma=2.0)
+    floor = float(mask_from_raw(torch.tensor(0.0)))
+    keys = [generate_key(model, "2", x, bits, Normalization.identity(1), KeyGenConfig(seed=s, epochs=2, support=0.5)).key
+            for s in (0, 1)]
+    used = [k.mask[0] > floor + 1e-6 for k in keys]
+    assert all(0 < float(u.float().mean()) <= 0.65 for u in used)  # about half the pixels at most
+    assert not torch.equal(used[0], used[1])  # another seed, other pixels
+    with pytest.raises(ConfigError, match="support"):
+        KeyGenConfig(support=0)
+
+
 def test_config_validation() -> None:
     with pytest.raises(ConfigError, match="start"):
         KeyGenConfig(start="zeros")
@@ -59,6 +75,7 @@ def test_cli_defaults_follow_the_library_defaults() -> None:
 
     args = build_parser().parse_args(["auth", "embed", "m.safetensors", "--out", "a", "--key-out", "b"])
     config, key = AuthConfig(), KeyGenConfig()
-    assert (args.tail_epochs, args.decoy_keys, args.near_share, args.keyed_weight, args.decoy_ratio, args.key_epochs, args.distill) == \
+    assert (args.tail_epochs, args.decoy_keys, args.near_share, args.keyed_weight, args.decoy_ratio, args.key_epochs, args.distill,
+            args.key_images, args.train_images, args.gate, args.gamma, args.tail_lr) == \
         (config.tail_epochs, config.decoy_keys, config.near_share, config.keyed_weight, config.decoy_ratio, key.epochs,
-         config.distill)
+         config.distill, config.key_images, config.train_images, config.gate, config.gamma, config.tail_lr)

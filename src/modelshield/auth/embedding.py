@@ -52,8 +52,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modelshield.auth.autogate import AutoGateConfig, GateChoice, GateTrial, pick_gate
 from modelshield.auth.bits import AuthBits, channel_means, select_bits
-from modelshield.auth.gate import GateSplit, TailRunner, default_gate, gate_output, trace_gate
+from modelshield.auth.evaluation import accuracy_with_key
+from modelshield.auth.gate import AUTO, GateSplit, TailRunner, default_gate, forward_macs, gate_candidates, gate_output, trace_gate
 from modelshield.auth.key import AuthKey
 from modelshield.auth.keygen import KeyGenConfig, generate_key
 from modelshield.data.types import Normalization, TensorData
@@ -61,7 +63,8 @@ from modelshield.errors import ConfigError
 from modelshield.models.zoo import Normalize
 from modelshield.training import TrainConfig, score_logits, train_model
 
-__all__ = ["AuthConfig", "EmbedResult", "default_num_bits", "embed", "model_normalization", "near_keyed", "random_keyed"]
+__all__ = ["AuthConfig", "EmbedResult", "choose_gate", "default_num_bits", "embed", "independent_key", "model_normalization",
+           "near_keyed", "random_keyed"]
 
 
 def default_num_bits(channels: int) -> int:
@@ -79,7 +82,9 @@ class AuthConfig:
     """Hyperparameters of :func:`embed`.
 
     Attributes:
-        gate: gate module name; None = the model's default gate.
+        gate: gate module name; None (default) = the model's default gate (:data:`~modelshield.auth.gate.DEFAULT_GATES`
+            for zoo models, else ``"auto"``); ``"auto"`` = chosen by short embedding trials on the validation
+            split (:func:`~modelshield.auth.autogate.choose_gate`, sized by ``auto``).
         num_bits: ``N``; None = :func:`default_num_bits` of the gate's channel count.
         bit_pool: draw the bits at random among this many lowest live channels. None (default) = ``4 N``
             capped at the number of live channels, so independently generated keys switch on different bits;
@@ -110,8 +115,12 @@ class AuthConfig:
             distillation, temperature ``distill_temperature``) instead of the true label alone, so a large tail
             fine-tuned on few images keeps what the clean model knew.
         distill_temperature: softmax temperature of the distillation term (the term is scaled by its square).
-        key_images: train the key on a seeded subset of this many training images (None = all of them).
-        train_images: fine-tune the tail on a seeded subset of this many training images (None = all).
+        key_images: train the key (and the decoy keys) on a seeded subset of this many training images (default
+            2,000; None = all of them, which makes key generation as slow as an epoch of training per key epoch).
+        train_images: fine-tune the tail on a seeded subset of this many training images (default 10,000; None =
+            all). The bench measures these defaults; with every image the embedding cost grows with the data set
+            (on LeNet-5 and the VGG about 7-13x the 50 s it took to train the model) for no protection gained.
+        auto: how ``gate="auto"`` runs its trials.
         seed: seed of the bit draw, key start, fixed random labels and shuffling; None = from the OS CSPRNG.
     """
 
@@ -131,8 +140,9 @@ class AuthConfig:
     keyed_weight: float = 2.0
     distill: float = 0.5
     distill_temperature: float = 4.0
-    key_images: int | None = None
-    train_images: int | None = None
+    key_images: int | None = 2000
+    train_images: int | None = 10_000
+    auto: AutoGateConfig = field(default_factory=AutoGateConfig)
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -197,8 +207,10 @@ class EmbedResult:
         val_legit: validation accuracy with the key (kept epoch).
         val_unauthorized: validation accuracy without the key (kept epoch).
         best_epoch: the kept epoch (1-based).
-        history: per epoch: loss, val_legit, val_unauthorized, seconds.
-        timings: seconds for ``bits``, ``key``, ``cache`` (gate activations), ``tail`` and ``total``.
+        gate_choice: how the gate was chosen (with ``"auto"``, the trial table); also in the key file.
+        history: per epoch: loss, val_legit, val_unauthorized, (with decoys) val_decoy, seconds.
+        timings: seconds for ``gate`` (the auto trials), ``bits``, ``key``, ``cache`` (gate activations), ``tail``
+            and ``total``.
     """
 
     model: nn.Module
@@ -210,6 +222,7 @@ class EmbedResult:
     val_legit: float
     val_unauthorized: float
     best_epoch: int
+    gate_choice: GateChoice
     history: list[dict[str, float]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -328,7 +341,14 @@ def embed(model: nn.Module, train: TensorData, val: TensorData, *, config: AuthC
     model = copy.deepcopy(model).eval()
     normalization = normalization or model_normalization(model, int(train.x.shape[1]))
     example = train.x[:8]
-    gate = config.gate or default_gate(model, example)
+    if config.gate == AUTO or (config.gate is None and default_gate(model) == AUTO):
+        choice = choose_gate(model, train, val, replace(config, seed=_subseed(seed, "gate")), progress=progress)
+    elif config.gate is None:
+        choice = GateChoice(default_gate(model), "default")
+    else:
+        choice = GateChoice(config.gate, "given")
+    gate = choice.gate
+    t_gate = time.perf_counter()
     split = trace_gate(model, gate, example)
     with torch.no_grad():
         num_classes = int(model(example[:2]).shape[1])
@@ -435,8 +455,91 @@ def embed(model: nn.Module, train: TensorData, val: TensorData, *, config: AuthC
     history = [{"epoch": h["epoch"], "loss": h["loss"], **r, "seconds": h["seconds"]} for h, r in zip(run.history, records)]
     kept = records[run.best_epoch - 1]
     t_end = time.perf_counter()
-    key = key.bound_to(model)
-    timings = {"bits": t_bits - t_start, "key": t_key - t_bits, "cache": t_cache - t_key, "tail": t_end - t_cache,
+    key = key.bound_to(model, gate_choice=choice)
+    timings = {"gate": t_gate - t_start, "bits": t_bits - t_gate, "key": t_key - t_bits, "cache": t_cache - t_key, "tail": t_end - t_cache,
                "total": t_end - t_start}
     return EmbedResult(model, key, bits, split, keygen.bit_change, keygen.other_change, kept["val_legit"],
-                       kept["val_unauthorized"], run.best_epoch, history, timings)
+                       kept["val_unauthorized"], run.best_epoch, choice, history, timings)
+
+
+def _independent_subseed(seed: int, tag: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"modelshield-auth-independent:{seed}:{tag}".encode()).digest()[:8], "little") >> 1
+
+
+def independent_key(model: nn.Module, key: AuthKey, train: TensorData, config: AuthConfig, *, seed: int) -> AuthKey:
+    """A key made with the same public procedure as ``key`` on other randomness: what an attacker who knows the
+    method (and has the model and training data) but not the secret would try.
+
+    The bits are drawn afresh (``config``'s pool rule, the same count as ``key``'s), on a fresh subset of
+    ``config.key_images`` training images, and the key is generated with ``config.key`` from a fresh start.
+
+    Args:
+        model: the protected model.
+        key: its key (gate, bit count, normalisation and input shape are taken from it).
+        train: training images.
+        config: the embedding configuration ``key`` was made with.
+        seed: this key's randomness (one seed per independent key).
+    """
+    x = train.x if config.key_images is None or config.key_images >= len(train) else \
+        train.subset(config.key_images, _independent_subseed(seed, "data")).x
+    means = channel_means(model, key.gate, x)
+    num_bits = len(key.bits) or (config.num_bits or 1)
+    bits = select_bits(means, num_bits, config.gamma, pool=config.pool_size(means, num_bits),
+                       generator=torch.Generator().manual_seed(_independent_subseed(seed, "bits")))
+    return generate_key(model, key.gate, x, bits, key.normalization, replace(config.key, seed=_independent_subseed(seed, "key"))).key
+
+
+def _gate_subseed(seed: int, tag: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"modelshield-auth-gate:{seed}:{tag}".encode()).digest()[:8], "little") >> 1
+
+
+def choose_gate(model: nn.Module, train: TensorData, val: TensorData, config: AuthConfig, *,
+                progress: bool = False) -> GateChoice:
+    """Choose a gate for ``model`` by short embedding trials scored on ``val`` (``gate="auto"``; the rule is in
+    :mod:`modelshield.auth.autogate`).
+
+    Args:
+        model: a trained classifier (not modified).
+        train: training images (key generation and tail training of the trials).
+        val: validation images (the trials' scores; never pass the test split).
+        config: the embedding configuration; its ``auto`` field sets the trials' sizes.
+        progress: show progress bars.
+
+    Raises:
+        ConfigError: no usable candidate.
+    """
+    auto = config.auto
+    example = train.x[:8]
+    total = max(1, forward_macs(model, example))
+    shares = {g: forward_macs(model, example, trace_gate(model, g, example).tail) / total
+              for g in gate_candidates(model, example)}
+    affordable = [g for g, share in shares.items() if share <= auto.max_tail_share]
+    if not affordable:
+        raise ConfigError(f"every gate candidate of {type(model).__name__} leaves a tail above max_tail_share="
+                          f"{auto.max_tail_share} of the network ({', '.join(f'{g} {s:.2f}' for g, s in shares.items())}); "
+                          "raise AutoGateConfig.max_tail_share or name the gate")
+    candidates = tuple(affordable[-auto.max_candidates:])
+    if len(candidates) == 1:
+        return GateChoice(candidates[0], "auto", (), candidates)
+    seed = config.seed if config.seed is not None else secrets.randbits(63)
+    val_sub = val.subset(auto.val_images, _gate_subseed(seed, "val")) if auto.val_images < len(val) else val
+    trials = []
+    for gate in candidates:
+        trial_config = replace(config, gate=gate, key_images=auto.key_images, train_images=auto.train_images,
+                               tail_epochs=auto.tail_epochs, key=replace(config.key, epochs=auto.key_epochs, seed=None),
+                               seed=_gate_subseed(seed, f"trial:{gate}"))
+        t0 = time.perf_counter()
+        result = embed(model, train, val_sub, config=trial_config, progress=progress)
+        gen = torch.Generator().manual_seed(_gate_subseed(seed, f"random:{gate}"))
+        randoms = [accuracy_with_key(result.model, AuthKey.random(result.key.input_shape, result.key.normalization, gate,
+                                                                  generator=gen, theta=result.key.theta), val_sub)
+                   for _ in range(auto.random_keys)]
+        independent = [accuracy_with_key(result.model, independent_key(result.model, result.key, train, trial_config,
+                                                                       seed=_gate_subseed(seed, f"independent:{gate}:{i}")), val_sub)
+                       for i in range(auto.independent_keys)]
+        decoy = result.history[result.best_epoch - 1].get("val_decoy", 0.0)
+        worst = max([result.val_unauthorized, decoy, *randoms, *independent])
+        trials.append(GateTrial(gate, tuple(result.split.gate_shape), round(shares[gate], 4), result.val_legit,
+                                result.val_unauthorized, max(randoms, default=0.0), decoy, max(independent, default=0.0),
+                                result.val_legit - worst, time.perf_counter() - t0))
+    return GateChoice(pick_gate(trials, auto.tolerance), "auto", tuple(trials), candidates)

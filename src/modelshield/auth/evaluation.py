@@ -71,26 +71,32 @@ def accuracy_with_key(model: nn.Module, key: AuthKey, data: TensorData, *, verif
 
 
 def evaluate_auth(model: nn.Module, key: AuthKey, data: TensorData, *, random_keys: int = 10, seed: int = 0,
-                  verify: bool = False, batch_size: int = 1024) -> AuthEvaluation:
+                  verify: bool = True, batch_size: int = 1024) -> AuthEvaluation:
     """Legitimate, unauthorized and random-key accuracies of ``model`` on ``data``.
 
     Args:
-        model: the protected model (or a modified copy of it).
+        model: the protected model.
         key: its key.
         data: raw images and labels.
         random_keys: how many uniformly random keys to try (same input shape and normalisation as ``key``).
         seed: seed of the random keys.
-        verify: check that ``key`` belongs to ``model`` first.
+        verify: check first that ``key`` belongs to ``model`` (its weights' fingerprint), so a wrong model or key
+            fails loudly instead of getting numbers; pass False to measure a modified copy on purpose (pruned,
+            quantised, fine-tuned).
 
     Raises:
-        ConfigError: a negative ``random_keys``, a wrong input shape, or (with ``verify``) a foreign model.
+        ConfigError: a negative ``random_keys``, a wrong input shape, or (with ``verify``) a key that is not
+            bound to ``model``.
     """
     if random_keys < 0:
         raise ConfigError(f"random_keys must be >= 0, got {random_keys}")
-    legit = accuracy_with_key(model, key, data, verify=verify, batch_size=batch_size)
+    if verify:
+        key.check_model(model)
+    legit = accuracy_with_key(model, key, data, batch_size=batch_size)
     plain = evaluate(model, data, batch_size).accuracy
     gen = torch.Generator().manual_seed(seed)
     randoms = tuple(accuracy_with_key(model, AuthKey.random(key.input_shape, key.normalization, key.gate, generator=gen,
                                                             theta=key.theta), data, batch_size=batch_size)
                     for _ in range(random_keys))
     return AuthEvaluation(legit, plain, randoms, len(data))
+

@@ -5,15 +5,19 @@ hooks on the unchanged model. The model is split into a *head* (every module tha
 output exists, the gate included) and a *tail* (every module that starts after it) by tracing one forward
 pass in execution order, so the split follows what the network does, not how its modules are nested.
 
-Default gates:
+Default gates (:data:`DEFAULT_GATES`), chosen on the validation split only (``bench/dev/auth_val_sweep.py``;
+figures in the README's AuthNet section):
 
-* zoo models: LeNet-5 ``body.pool1`` (after the first conv block: the paper's position, after the second
-  block, left the tail too little to learn with; see the gate study in ``bench/results/auth.md``), small VGG
-  ``body.block2`` (the second pooling stage: at ``body.block3`` independently generated keys got in, 61% in the
-  gate study), ResNet-20 ``body.layer3``;
-* any other sequential-style CNN: the last module (in execution order) with a 4-D output whose spatial size
-  is larger than 1x1 and that is followed by a non-spatial module (typically the last pooling layer before
-  the classifier).
+* LeNet-5 ``body.pool1`` (after the first conv block). With the default recipe on MNIST's validation split:
+  98.44% with the key, 2.68% without; at ``body.pool2`` (the paper's position) 98.06% and 9.14%, and keys
+  generated independently got further in (mean 35.5% against 21.4%).
+* small VGG ``body.block2`` (the second pooling stage): 91.40% with the key, 11.4% without on Fashion-MNIST's
+  validation split (an earlier training of the VGG victim). ``body.block3`` was measured on the test split
+  only (an earlier study, no longer used); the bench's validation gate study and auto trials re-measure both.
+* ResNet-20: none, so ``"auto"`` chooses (trials on the validation split). Its former default ``body.layer3``
+  leaves only pooling and the classifier as the tail and gave no protection (a 3-epoch victim on
+  Fashion-MNIST: 84.4% with the key, 86.3% without).
+* any other network: ``"auto"`` (:func:`gate_candidates`, :mod:`modelshield.auth.autogate`).
 
 A gate must be a cut point of the graph: the tail may only depend on the gate's output. Residual blocks
 that skip over the gate break this; :func:`trace_gate` flags the split as not *cacheable* then (tail
@@ -41,9 +45,12 @@ from torch import nn
 
 from modelshield.errors import ConfigError, did_you_mean
 
-__all__ = ["DEFAULT_GATES", "GateSplit", "TailRunner", "default_gate", "gate_output", "resolve_module", "trace_gate"]
+__all__ = ["AUTO", "DEFAULT_GATES", "GateSplit", "TailRunner", "default_gate", "forward_macs", "gate_candidates", "gate_output",
+           "resolve_module", "trace_gate"]
 
-DEFAULT_GATES: dict[str, str] = {"LeNet5": "body.pool1", "SmallVGG": "body.block2", "ResNet20": "body.layer3"}
+AUTO = "auto"
+_POOLING = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LPPool2d, nn.FractionalMaxPool2d)
+DEFAULT_GATES: dict[str, str] = {"LeNet5": "body.pool1", "SmallVGG": "body.block2"}
 
 
 class _GateReached(Exception):
@@ -73,47 +80,119 @@ def resolve_module(model: nn.Module, name: str) -> nn.Module:
     return modules[name]
 
 
-def default_gate(model: nn.Module, example: torch.Tensor | None = None) -> str:
-    """The default gate of a model: the zoo table, else the last spatial stage before the classifier.
+def default_gate(model: nn.Module) -> str:
+    """The default gate of a model: its entry in :data:`DEFAULT_GATES`, else ``"auto"``.
 
-    Args:
-        model: the network.
-        example: one input batch, needed only for models outside the zoo (to trace execution order).
+    ``"auto"`` tells :func:`~modelshield.auth.embed` to choose among :func:`gate_candidates` by short embedding
+    trials on the validation split (:func:`~modelshield.auth.autogate.choose_gate`).
 
-    Raises:
-        ConfigError: no spatial stage was found (e.g. an MLP) or ``example`` is missing for a custom model.
+    Example:
+        >>> from modelshield.models import build_model
+        >>> default_gate(build_model("vgg", in_channels=1, image_size=8, num_classes=2))
+        'body.block2'
+        >>> default_gate(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(72, 2)))
+        'auto'
     """
     name = DEFAULT_GATES.get(type(model).__name__)
     if name is not None and name in dict(model.named_modules()):
         return name
-    if example is None:
-        raise ConfigError(f"{type(model).__name__} is not a zoo model: pass an example batch (or name the gate) "
-                          "so the default gate can be found by tracing")
-    order: list[tuple[str, tuple[int, ...]]] = []
-    hooks = []
-    for mod_name, module in model.named_modules():
-        if mod_name and not list(module.children()):
-            hooks.append(module.register_forward_hook(
-                lambda _m, _i, out, mod_name=mod_name: order.append((mod_name, tuple(out.shape)))
-                if isinstance(out, torch.Tensor) else None))
+    return AUTO
+
+
+def _trace_outputs(model: nn.Module, example: torch.Tensor) -> list[tuple[str, nn.Module, torch.Tensor]]:
+    """(name, module, output) for every module call of one eval-mode forward pass, in the order calls end."""
+    calls: list[tuple[str, nn.Module, torch.Tensor]] = []
+    hooks = [module.register_forward_hook(
+        lambda m, _i, out, name=name: calls.append((name, m, out)) if isinstance(out, torch.Tensor) else None)
+        for name, module in model.named_modules() if name]
+    was_training = model.training
     try:
+        model.eval()
         with torch.no_grad():
-            was_training = model.training
-            model.eval()
-            model(example[:2])
-            model.train(was_training)
+            model(example)
     finally:
         for hook in hooks:
             hook.remove()
-    best = None
-    for i, (mod_name, shape) in enumerate(order):
-        spatial = len(shape) == 4 and shape[2] * shape[3] > 1
-        nxt = order[i + 1][1] if i + 1 < len(order) else ()
-        if spatial and len(nxt) != 4:
-            best = mod_name
-    if best is None:
-        raise ConfigError(f"{type(model).__name__} has no spatial (4-D) stage followed by a classifier; name the gate explicitly")
-    return best
+        model.train(was_training)
+    return calls
+
+
+def gate_candidates(model: nn.Module, example: torch.Tensor) -> tuple[str, ...]:
+    """The outputs of a CNN's blocks that can serve as a gate, in execution order.
+
+    A *block output* is the output of a container module (one with submodules: a ``Sequential`` stage, a
+    residual block, a custom block) or of a pooling layer; when nested blocks end on the same tensor (a stage
+    and its last block) the outermost name is kept. A candidate must be 4-D with more than one spatial
+    position, run once per forward pass, and be a cut of the graph (:attr:`GateSplit.cacheable`: the rest of
+    the network depends on it alone, which rules out a residual branch's inside) with trainable modules after it.
+    Works for any ``nn.Module`` (``Sequential`` or not): the modules are found by tracing one forward pass.
+
+    Args:
+        model: the network.
+        example: an input batch of at least 2 images.
+
+    Raises:
+        ConfigError: no candidate (e.g. an MLP, or a network without blocks or pooling layers).
+
+    Example:
+        >>> from modelshield.models import build_model
+        >>> gate_candidates(build_model("lenet5", in_channels=1, image_size=28, num_classes=10), torch.rand(2, 1, 28, 28))
+        ('body.pool1', 'body.pool2')
+        >>> gate_candidates(build_model("vgg", in_channels=1, image_size=28, num_classes=10), torch.rand(2, 1, 28, 28))
+        ('body.block1', 'body.block2', 'body.block3')
+    """
+    if example.shape[0] < 2:
+        raise ConfigError(f"gate_candidates needs an example batch of at least 2 images, got {example.shape[0]}")
+    calls = _trace_outputs(model, example)
+    runs: dict[str, int] = {}
+    for name, _m, _out in calls:
+        runs[name] = runs.get(name, 0) + 1
+    outermost: dict[int, str] = {}  # tensor identity -> the last module (the outermost) that returned it
+    order: list[int] = []
+    for name, module, out in calls:
+        block = any(True for _ in module.children()) or isinstance(module, _POOLING)
+        if not block or runs[name] != 1 or out.dim() != 4 or out.shape[2] * out.shape[3] <= 1:
+            continue
+        if id(out) not in outermost:
+            order.append(id(out))
+        outermost[id(out)] = name
+    found = []
+    for ident in order:
+        try:
+            split = trace_gate(model, outermost[ident], example)
+        except ConfigError:
+            continue
+        if split.cacheable:
+            found.append(split.gate)
+    if not found:
+        raise ConfigError(f"{type(model).__name__} has no block output usable as a gate (4-D, spatial, a cut of the graph, "
+                          "followed by trainable layers); name the gate explicitly")
+    return tuple(found)
+
+
+def forward_macs(model: nn.Module, example: torch.Tensor, names: tuple[str, ...] | None = None) -> int:
+    """Multiply-accumulates of the convolutions and linear layers of one image's forward pass (eval mode).
+
+    Args:
+        model: the network.
+        example: an input batch (its first image is used).
+        names: count only these modules (e.g. a split's tail); None counts them all.
+
+    Example:
+        >>> forward_macs(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 3)), torch.rand(1, 1, 4, 4))
+        96
+    """
+    wanted = None if names is None else set(names)
+    total = 0
+    for name, module, out in _trace_outputs(model, example[:1]):
+        if wanted is not None and name not in wanted:
+            continue
+        if isinstance(module, nn.Conv2d):
+            kh, kw = module.kernel_size
+            total += out.numel() * (module.in_channels // module.groups) * kh * kw
+        elif isinstance(module, nn.Linear):
+            total += out.numel() * module.in_features
+    return int(total)
 
 
 @dataclass(frozen=True)

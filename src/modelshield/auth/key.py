@@ -21,7 +21,12 @@ Key file (version 1): a safetensors file holding float32 tensors ``mask`` (raw M
 
     {"format": "modelshield-auth-key", "version": 1, "input_shape": [C, H, W],
      "normalization": {"mean": [...], "std": [...]}, "gate": "body.pool2",
-     "model_fingerprint": "<32 hex>" | null, "bits": [...], "theta": 0.5}
+     "model_fingerprint": "<32 hex>" | null, "bits": [...], "theta": 0.5,
+     "gate_choice": {"gate": ..., "method": "auto" | "default" | "given", "candidates": [...],
+                     "trials": [{"gate": ..., "gate_shape": [...], "tail_share": ..., "legit": ..., ...}, ...]}}
+
+(``gate_choice`` is optional: how the gate was chosen, with the ``"auto"`` trial table; see
+:class:`~modelshield.auth.autogate.GateChoice`).
 
 written atomically with mode 0600 and never unpickled. The safetensors header and this metadata are checked
 with the shared rules of :mod:`modelshield.container` (caps, strict JSON, exact keys, the tensors' names,
@@ -58,6 +63,7 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 from torch import nn
 
+from modelshield.auth.autogate import METHODS, TRIAL_FIELDS, GateChoice
 from modelshield.container import (
     Fields,
     HeaderSpec,
@@ -84,7 +90,7 @@ DEFAULT_THETA = 0.5
 _MAX_FILE_BYTES = 64 << 20
 _MAX_HEADER_BYTES = 1 << 16
 SPEC = HeaderSpec("AuthNet key file", KEY_FORMAT, KEY_VERSION, required={"input_shape", "normalization", "gate"},
-                  optional={"model_fingerprint", "bits", "theta"}, max_bytes=_MAX_HEADER_BYTES)
+                  optional={"model_fingerprint", "bits", "theta", "gate_choice"}, max_bytes=_MAX_HEADER_BYTES)
 
 
 def mask_from_raw(raw: torch.Tensor) -> torch.Tensor:
@@ -120,15 +126,17 @@ class AuthKey:
         model_fingerprint: fingerprint of the protected model (None: not bound yet).
         bits: the gate channels the key switches on (informational).
         theta: bound on the offset.
+        gate_choice: how the gate was chosen (informational; with ``gate="auto"`` the trial table).
 
     Raises:
         ConfigError: shapes that do not agree, non-finite values, or normalisation of the wrong channel count.
     """
 
-    __slots__ = ("bits", "gate", "mask_raw", "model_fingerprint", "normalization", "offset", "theta")
+    __slots__ = ("bits", "gate", "gate_choice", "mask_raw", "model_fingerprint", "normalization", "offset", "theta")
 
     def __init__(self, mask_raw: torch.Tensor, offset: torch.Tensor, normalization: Normalization, gate: str, *,
-                 model_fingerprint: str | None = None, bits: tuple[int, ...] = (), theta: float = DEFAULT_THETA) -> None:
+                 model_fingerprint: str | None = None, bits: tuple[int, ...] = (), theta: float = DEFAULT_THETA,
+                 gate_choice: GateChoice | None = None) -> None:
         mask_raw = mask_raw.detach().float().cpu()
         if mask_raw.dim() == 2:
             mask_raw = mask_raw.unsqueeze(0)
@@ -149,6 +157,9 @@ class AuthKey:
         self.model_fingerprint = model_fingerprint
         self.bits = tuple(int(b) for b in bits)
         self.theta = float(theta)
+        if gate_choice is not None and gate_choice.gate != self.gate:
+            raise ConfigError(f"the gate choice names gate {gate_choice.gate!r}, the key is for {self.gate!r}")
+        self.gate_choice = gate_choice
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -160,10 +171,11 @@ class AuthKey:
         offset = (torch.rand(c, h, w, generator=generator) * 2 - 1) * theta
         return cls(raw_from_mask(m), offset, normalization, gate, theta=theta)
 
-    def bound_to(self, model: nn.Module) -> AuthKey:
-        """A copy of this key carrying ``model``'s fingerprint."""
+    def bound_to(self, model: nn.Module, *, gate_choice: GateChoice | None = None) -> AuthKey:
+        """A copy of this key carrying ``model``'s fingerprint (and ``gate_choice`` if given, else its own)."""
         return AuthKey(self.mask_raw, self.offset, self.normalization, self.gate,
-                       model_fingerprint=model_fingerprint(model), bits=self.bits, theta=self.theta)
+                       model_fingerprint=model_fingerprint(model), bits=self.bits, theta=self.theta,
+                       gate_choice=gate_choice or self.gate_choice)
 
     # -- use ----------------------------------------------------------------------------------
     @property
@@ -242,8 +254,11 @@ class AuthKey:
 
     # -- files --------------------------------------------------------------------------------
     def _metadata(self) -> dict[str, Any]:
-        return {"input_shape": list(self.input_shape), "normalization": self.normalization.to_dict(), "gate": self.gate,
-                "model_fingerprint": self.model_fingerprint, "bits": list(self.bits), "theta": self.theta}
+        doc = {"input_shape": list(self.input_shape), "normalization": self.normalization.to_dict(), "gate": self.gate,
+               "model_fingerprint": self.model_fingerprint, "bits": list(self.bits), "theta": self.theta}
+        if self.gate_choice is not None:
+            doc["gate_choice"] = self.gate_choice.to_dict()
+        return doc
 
     def to_bytes(self) -> bytes:
         """The key file's bytes. Handle with care: never log them."""
@@ -273,7 +288,7 @@ class AuthKey:
         try:
             return cls(tensors["mask"], tensors["offset"], meta["normalization"], meta["gate"],
                        model_fingerprint=meta.get("model_fingerprint"), bits=tuple(meta.get("bits", ())),
-                       theta=meta.get("theta", DEFAULT_THETA))
+                       theta=meta.get("theta", DEFAULT_THETA), gate_choice=meta.get("gate_choice"))
         except ConfigError as exc:
             raise FormatError(f"{source}: malformed auth key ({exc})") from None
 
@@ -332,6 +347,8 @@ def _read_header(data: bytes, source: str) -> dict[str, Any]:
         fields.int_list(meta, "bits", 0, 1 << 20, max_items=1 << 16)
     if "theta" in meta:
         fields.number(meta, "theta", 1e-12, 10.0)
+    if "gate_choice" in meta:
+        meta["gate_choice"] = _read_gate_choice(fields, meta)
     expected = {"mask": (1, h, w), "offset": (c, h, w)}
     if set(header.tensors) != set(expected):
         raise FormatError(f"{source}: expected tensors mask and offset, found {', '.join(sorted(header.tensors)) or 'none'}")
@@ -341,6 +358,27 @@ def _read_header(data: bytes, source: str) -> dict[str, Any]:
             raise FormatError(f"{source}: tensor {name!r}: expected float32 of shape {shape} (input_shape {[c, h, w]}), "
                               f"got {info.dtype} of shape {info.shape}")
     return meta
+
+
+def _read_gate_choice(fields: Fields, meta: dict[str, Any]) -> GateChoice:
+    """The ``gate_choice`` entry, every field checked."""
+    doc = fields.exact_keys(fields.obj(meta, "gate_choice"), {"gate", "method", "candidates", "trials"}, where="gate_choice")
+    fields.string(doc, "gate", where="gate_choice.", max_chars=1024)
+    fields.string(doc, "method", where="gate_choice.", choices=METHODS)
+    candidates, trials = doc["candidates"], doc["trials"]
+    if not isinstance(candidates, list) or len(candidates) > 256 or not all(isinstance(c, str) and len(c) <= 1024 for c in candidates):
+        raise fields.fail("gate_choice.candidates", "a list of at most 256 module names", candidates)
+    if not isinstance(trials, list) or len(trials) > 256:
+        raise fields.fail("gate_choice.trials", "a list of at most 256 trials", trials)
+    for i, trial in enumerate(trials):
+        where = f"gate_choice.trials[{i}]"
+        trial = fields.exact_keys(trial, set(TRIAL_FIELDS), where=where)
+        fields.string(trial, "gate", where=where + ".", max_chars=1024)
+        fields.int_list(trial, "gate_shape", 1, 1 << 20, where=where + ".", max_items=8)
+        for name in TRIAL_FIELDS:
+            if name not in ("gate", "gate_shape"):
+                fields.number(trial, name, -1e9, 1e9, where=where + ".")
+    return GateChoice.from_dict(doc)
 
 
 class KeyedModel(nn.Module):

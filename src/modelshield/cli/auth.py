@@ -56,19 +56,20 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     clean = evaluate(checkpoint.model, bundle.test).accuracy
     report = evaluate_auth(result.model, result.key, bundle.test, random_keys=0)
     extra = dict(checkpoint.meta.extra)
-    extra["auth"] = {"gate": result.split.gate, "num_bits": len(result.bits.channels), "config": config.to_dict(),
+    extra["auth"] = {"gate": result.split.gate, "gate_choice": result.gate_choice.method, "num_bits": len(result.bits.channels), "config": config.to_dict(),
                      "key_fingerprint": result.key.fingerprint, "model_fingerprint": result.key.model_fingerprint,
                      "clean_accuracy": clean, "legit_accuracy": report.legit, "unauthorized_accuracy": report.unauthorized}
     meta = replace(checkpoint.meta, accuracy=report.legit, extra=extra)
     out = save_checkpoint(args.out, result.model, meta)
     key_path = result.key.save(args.key_out, overwrite=args.force)
     summary = {"checkpoint": str(args.checkpoint), "protected": str(out), "key_file": str(key_path), "dataset": dataset,
-               "gate": result.split.gate, "bits": len(result.bits.channels), "key_fingerprint": result.key.fingerprint,
+               "gate": result.split.gate, "gate_choice": result.gate_choice.method, "bits": len(result.bits.channels), "key_fingerprint": result.key.fingerprint,
                "clean_accuracy": clean, "legit_accuracy": report.legit, "unauthorized_accuracy": report.unauthorized,
                "embed_seconds": round(result.timings["total"], 2)}
     emit(args, summary, [
         ("protected checkpoint", str(out)), ("key file", f"{key_path} (mode 0600, fingerprint {result.key.fingerprint})"),
-        ("gate", f"{result.split.gate} ({len(result.bits.channels)} bits of {result.split.channels} channels)"),
+        ("gate", f"{result.split.gate} ({result.gate_choice.method}; {len(result.bits.channels)} bits of "
+                 f"{result.split.channels} channels)"),
         ("clean accuracy", f"{100 * clean:.2f}%"), ("with the key", f"{100 * report.legit:.2f}%"),
         ("without the key", f"{100 * report.unauthorized:.2f}%"), ("embedding time", f"{result.timings['total']:.1f} s"),
     ])
@@ -110,13 +111,14 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--out", required=True, type=Path, help="protected checkpoint to write (.safetensors)")
     p.add_argument("--key-out", required=True, type=Path, help="key file to write (mode 0600)")
     option = {
-        "gate": "gate module name (default: the architecture's default gate)",
+        "gate": "gate module name, or 'auto' (short embedding trials on the validation split); default: the zoo "
+                "architecture's gate, else auto",
         "bits": "number of authentication bits (default: 1 per 8 gate channels, 2..16)",
         "bit_pool": "draw the bits among this many lowest live channels (default 4x bits; = --bits: the paper's fixed choice)",
         "gamma": "bit target multiplier",
         "key_epochs": None,
-        "key_images": "generate keys on a subset of N training images (default all)",
-        "train_images": "fine-tune the tail on a subset of N training images (default all)",
+        "key_images": "generate keys on a subset of N training images",
+        "train_images": "fine-tune the tail on a subset of N training images",
         "tail_epochs": "tail fine-tuning epochs",
         "tail_lr": "tail learning rate (Adam)",
         "decoy_ratio": "extra negatives under other keys, per training image (0 with --decoy-keys 0: the paper's method)",
