@@ -82,11 +82,12 @@ class _Recording(Defense):
         self.inner, self.flags = inner, []  # type: list[torch.Tensor]
         self.name = inner.name
 
-    def answer(self, x: torch.Tensor, logits: torch.Tensor, features: torch.Tensor, client_id: str) -> torch.Tensor:
+    def answer(self, x: torch.Tensor, logits: torch.Tensor, features: torch.Tensor, client_id: str,
+               policy: ClientPolicy | None = None) -> torch.Tensor:
         if isinstance(self.inner, QueenDefense):
-            out, rev = self.inner.answer_with_decisions(x, logits, features, client_id)
+            out, rev = self.inner.answer_with_decisions(x, logits, features, client_id, policy)
         else:
-            out, rev = self.inner.answer(x, logits, features, client_id), torch.zeros(len(x), dtype=torch.bool)
+            out, rev = self.inner.answer(x, logits, features, client_id, policy), torch.zeros(len(x), dtype=torch.bool)
         self.flags.append(rev)
         return out
 

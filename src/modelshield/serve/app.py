@@ -259,7 +259,7 @@ def create_app(model: ProtectedModel, registry: ClientRegistry, config: ServeCon
             raise ApiError(429, f"rate limit: {spec.rate:g} requests per second (burst {spec.bucket_size}); retry in {wait} s",
                            {"Retry-After": str(wait)})
         try:
-            probs = model.answer(x, record.client_id, ClientPolicy(spec.output, spec.budget))
+            probs = model.answer(x, record.client_id, ClientPolicy(spec.output, spec.budget, spec.trusted, spec.allowance))
         except BudgetExceeded:
             metrics.refused("budget")
             used = model.queries(record.client_id)

@@ -33,12 +33,17 @@ class ClientSpec:
         budget: total images the client may have answered (None = unlimited).
         rate: requests per second allowed on average (token bucket; None = unlimited).
         burst: bucket size, requests allowed at once (default: ``max(1, ceil(rate))``).
+        trusted: exempt from QUEEN's per-client state (never reversed; :class:`~modelshield.defense.ClientPolicy`).
+        allowance: the client's QUEEN tier: novel in-region queries per class before reversal (None: the
+            server's threshold).
     """
 
     output: str = "probabilities"
     budget: int | None = None
     rate: float | None = None
     burst: int | None = None
+    trusted: bool = False
+    allowance: int | None = None
 
     def __post_init__(self) -> None:
         if self.output not in OUTPUT_MODES:
@@ -49,6 +54,10 @@ class ClientSpec:
             raise ConfigError(f"client rate must be > 0 requests per second or None, got {self.rate!r}")
         if self.burst is not None and (self.rate is None or self.burst < 1):
             raise ConfigError(f"client burst must be >= 1 and needs a rate, got burst {self.burst!r} with rate {self.rate!r}")
+        if not isinstance(self.trusted, bool):
+            raise ConfigError(f"client trusted must be true or false, got {self.trusted!r}")
+        if self.allowance is not None and (isinstance(self.allowance, bool) or not isinstance(self.allowance, int) or self.allowance < 0):
+            raise ConfigError(f"client allowance must be an integer >= 0 or None, got {self.allowance!r}")
 
     @property
     def bucket_size(self) -> int | None:
