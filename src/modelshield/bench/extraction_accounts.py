@@ -120,7 +120,7 @@ class _Setup:
         with torch.no_grad():
             return torch.cat([torch.softmax(self.model(x[i : i + 1024]), 1) for i in range(0, len(x), 1024)])
 
-    def collect(self, key: str, defense_name: str, pool: str = "attacker", *,
+    def collect(self, defense_name: str, pool: str = "attacker", *,
                 route: Callable[[Callable[[str], ModelOracle], SimClock], Any] | None = None,
                 policy: ClientPolicy | None = None) -> tuple[Transcript, torch.Tensor, dict[str, Any]]:
         """KnockoffNets' 20k queries against a fresh protected model, routed by ``route`` (default: one account)."""
@@ -183,7 +183,7 @@ def run_accounts(ctx: BenchContext, model: torch.nn.Module, art: QueenArtifacts,
                 def sybil_cell(variant: str = variant, n: int = n, mode: str = mode) -> dict[str, Any]:
                     def route(account: Callable[[str], ModelOracle], _clock: SimClock) -> Any:
                         return SybilOracle(account, accounts=n, per_account=math.ceil(budget / n), mode=mode)
-                    t, flags, info = s.collect(f"sybil-{variant}-{n}-{mode}", variant, route=route if n > 1 else None)
+                    t, flags, info = s.collect(variant, route=route if n > 1 else None)
                     return {**s.pirate(t, flags), **info, "accounts": n, "mode": mode}
                 sybil[f"{variant}/{n}/{mode}"] = s.cell(f"sybil/{variant}/{n}/{mode}", sybil_cell,
                                                         defense=s.settings(variant), accounts=n, mode=mode)
@@ -194,7 +194,7 @@ def run_accounts(ctx: BenchContext, model: torch.nn.Module, art: QueenArtifacts,
 
     def pool_budget(prefix: int) -> dict[str, Any]:
         if "pool-1" not in s.transcripts:
-            t, flags, _ = s.collect("pool-1", "queen-pool")
+            t, flags, _ = s.collect("queen-pool")
             s.transcripts["pool-1"] = (t, flags)
         t, flags = s.transcripts["pool-1"]
         return s.pirate(t.prefix(prefix), flags)
@@ -209,7 +209,7 @@ def run_accounts(ctx: BenchContext, model: torch.nn.Module, art: QueenArtifacts,
                  route: Callable[[Callable[[str], ModelOracle], SimClock], Any] | None = None,
                  policy: ClientPolicy | None = None, route_config: dict[str, Any] | None = None) -> None:
         def fn() -> dict[str, Any]:
-            t, flags, info = s.collect(name, variant, pool, route=route, policy=policy)
+            t, flags, info = s.collect(variant, pool, route=route, policy=policy)
             if labels == "hard":
                 t = Transcript(t.x, onehot(t.answers))
             return {**s.pirate(t, flags), **info}
@@ -243,7 +243,7 @@ def run_accounts(ctx: BenchContext, model: torch.nn.Module, art: QueenArtifacts,
             def filter_cell(variant: str = variant, method: str = method) -> dict[str, Any]:
                 key = f"single-{variant}"
                 if key not in s.transcripts:
-                    t, flags, _ = s.collect(key, variant)
+                    t, flags, _ = s.collect(variant)
                     s.transcripts[key] = (t, flags)
                 t, flags = s.transcripts[key]
                 result = filter_transcript(t, FilterConfig(method=method))
