@@ -113,17 +113,19 @@ def test_the_pool_holds_many_young_accounts_to_one_threshold(tiny, artifacts) ->
     assert int(results["pooled"].sum()) == int((per_class - 10).clamp_min(0).sum())  # as if one client
 
 
-def test_established_clients_are_judged_on_their_own_history(tiny, artifacts) -> None:  # type: ignore[no-untyped-def]
+def test_established_and_tiered_clients_are_judged_on_their_own_history(tiny, artifacts) -> None:  # type: ignore[no-untyped-def]
     model, _, held = tiny
-    config = QueenConfig(novelty_radius=0.0, threshold_queries=10, beta=100.0, young_client_queries=50,
+    # own threshold never reached; the pool (threshold 0) reverses every novel in-region query of a young client
+    config = QueenConfig(novelty_radius=0.0, threshold_queries=10_000, beta=100.0, young_client_queries=50,
                          pool_threshold_queries=0)
     defense = QueenDefense.for_model(model, artifacts, config)
-    # an established client: 50 queries of history, answered while young (the pool reverses everything)
-    _, young = defense.answer_with_decisions(*_split(model, held.x[:50]), "old", ClientPolicy(allowance=1000))
+    _, young = defense.answer_with_decisions(*_split(model, held.x[:50]), "new")
     assert young.all()
-    _, established = defense.answer_with_decisions(*_split(model, held.x[50:250]), "old", ClientPolicy(allowance=1000))
+    _, established = defense.answer_with_decisions(*_split(model, held.x[50:250]), "new")  # 50 answered: established
     assert not established.any()
-    assert defense.pool_state().queries == 50
+    _, tiered = defense.answer_with_decisions(*_split(model, held.x[:50]), "customer", ClientPolicy(allowance=10_000))
+    assert not tiered.any()  # a tier keeps a new account out of the pool
+    assert defense.pool_state().queries == 50 and defense.client_state("customer").queries == 50
 
 
 def test_policy_validation() -> None:

@@ -40,7 +40,8 @@ class ClientPolicy:
             still gets QUEEN's stateless answer, label-preserving). For clients the deployer vouches for.
         allowance: the client's tier for QUEEN: novel in-region queries per class before its answers are
             reversed, replacing :attr:`~modelshield.defense.QueenConfig.threshold_queries` (and the coverage
-            threshold) for this client; None uses the config's threshold.
+            threshold) for this client, and keeps it out of the sybil-resistant mode's pool of young clients (a
+            tier is for a customer the deployer knows); None uses the config's threshold.
 
     Raises:
         ConfigError: unknown output mode, negative budget or allowance.

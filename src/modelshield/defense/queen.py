@@ -95,10 +95,11 @@ class QueenConfig:
             pool's) start over when a new window of this many seconds begins (tumbling windows on the
             defense's clock); None keeps them forever (the paper).
         young_client_queries: the sybil-resistant mode: a client with fewer than this many queries answered
-            (its whole history, across windows) is *young*; its queries also count in one pooled state shared
-            by every young client, and are reversed when either its own state or the pool is past its
-            threshold. Opening many accounts then buys the attacker nothing over one young account; established
-            clients are judged on their own history only. None disables the pool (per-client state only).
+            (its whole history, across windows) and no tier of its own (``ClientPolicy.allowance``: a customer
+            the deployer knows) is *young*; its queries also count in one pooled state shared by every young
+            client, and are reversed when either its own state or the pool is past its threshold. Opening many
+            accounts then buys the attacker nothing over one young account; established and tiered clients are
+            judged on their own history only. None disables the pool (per-client state only).
         pool_threshold_queries: the pool's threshold, novel in-region queries per class over all young clients
             (in the current window).
     """
@@ -400,7 +401,7 @@ class QueenDefense(Defense):
             own = policy.allowance if policy.allowance is not None else cfg.threshold_queries
             # one commit for the whole batch: the client's state moves for all of it or (on an error) not at all
             rev, before = self.store.update(self.key(client_id), self._updater(batch, window, own))
-            if cfg.young_client_queries is not None and before < cfg.young_client_queries:
+            if policy.allowance is None and cfg.young_client_queries is not None and before < cfg.young_client_queries:
                 pooled, _ = self.store.update(self.pool_key, self._updater(batch, window, cfg.pool_threshold_queries))
                 rev = rev | pooled
             reverse = torch.from_numpy(rev)
