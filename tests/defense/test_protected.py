@@ -24,7 +24,7 @@ class Recorder(Defense):
         self.inner = inner or NoDefense()
         self.calls: list[tuple[str, int]] = []
 
-    def answer(self, x, logits, features, client_id):  # type: ignore[no-untyped-def]
+    def answer(self, x, logits, features, client_id, policy=None):  # type: ignore[no-untyped-def]
         self.calls.append((client_id, x.shape[0]))
         return self.inner.answer(x, logits, features, client_id)
 

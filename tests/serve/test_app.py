@@ -199,3 +199,29 @@ def test_metrics_count_without_client_ids(env) -> None:  # type: ignore[no-untyp
     assert 'modelshield_answers_total{action="none"} 1.0' in text
     assert "modelshield_request_seconds_bucket" in text
     assert "secret-client-name" not in text and key not in text
+
+
+def test_queen_tiers_over_http(victim) -> None:  # type: ignore[no-untyped-def]
+    """The registry's trusted flag and allowance reach QUEEN: with a threshold of 0 every novel in-region query of
+    an ordinary client is reversed, a trusted client and one with a large allowance keep the model's labels."""
+    from modelshield.defense import QueenConfig, QueenDefense, load_queen_artifacts
+
+    store = InMemoryStateStore()
+    queen = QueenDefense.for_model(victim.model, load_queen_artifacts(victim.queen),
+                                   QueenConfig(novelty_radius=0.0, threshold_queries=0, beta=100.0), store=store)
+    protected = ProtectedModel(victim.model, queen, store=store, input_shape=(1, 8, 8))
+    registry = ClientRegistry(store)
+    app = TestClient(create_app(protected, registry, ServeConfig(model_name=NAME)), raise_server_exceptions=False)
+    keys = {"mallory": registry.add("mallory")[1], "partner": registry.add("partner", ClientSpec(trusted=True))[1],
+            "customer": registry.add("customer", ClientSpec(allowance=1000))[1]}
+    x = victim.bundle.attacker.x[:64]
+    labels = victim.model(x).argmax(1).tolist()
+    got = {}
+    for name, key in keys.items():
+        r = app.post(f"/v2/models/{NAME}/infer", json=body(64, data=x.flatten().tolist()), headers=auth(key))
+        assert r.status_code == 200, r.text
+        got[name] = next(o for o in r.json()["outputs"] if o["name"] == "label")["data"]
+    assert sum(a != b for a, b in zip(got["mallory"], labels)) > 16
+    assert got["partner"] == labels and got["customer"] == labels
+    assert queen.client_state("partner").queries == 0 and queen.client_state("customer").queries == 64
+    assert registry.show("customer").spec.allowance == 1000

@@ -14,6 +14,11 @@ mean L1 distortion of the answers), and, as a stress case, by one client sending
 QUEEN cannot tell apart from a 10k-query extraction). Overhead: answering a batch of 256 with QUEEN
 against the undefended forward pass, median of repeated interleaved timings in this run.
 
+Then the many-accounts grid (:mod:`modelshield.bench.extraction_accounts`): the same 20k queries split over
+1 to 1,000 client ids, the sybil-resistant mode, heavy honest clients under each policy (tier, trusted,
+windows, label-preserving REVERSE), foreign pools (surrogate, noise) with QUEEN's out-of-region answer, and
+adaptive attackers (answer filtering, pacing); its attacker-cost table and criteria join this suite's.
+
 QUEEN's settings were chosen on the victim's validation split and attacker-like transcripts (pirates scored on
 ``val``), never on the test set; see ``QUEEN_ONLINE`` for the values and the README for the reasoning.
 Every cell is cached (``ctx.cell``), so an interrupted run resumes; ``--quick`` uses the quick victim, budgets
@@ -30,7 +35,9 @@ from typing import Any
 
 import torch
 
-from modelshield.attacks.extraction import PirateConfig, Transcript, build_attack, query_pool, score_transcript
+from modelshield.attacks.extraction import Transcript, build_attack, query_pool
+from modelshield.bench.extraction_accounts import VARIANTS, accounts_criteria, accounts_markdown, run_accounts, summarize_accounts
+from modelshield.bench.extraction_cells import PIRATE, PIRATE_QUICK, Recording, onehot, pirate_cell
 from modelshield.bench.harness import BenchContext, Criterion, SuiteReport, markdown_table
 from modelshield.bench.train_suite import victim as train_victim
 from modelshield.data import DatasetBundle
@@ -64,7 +71,6 @@ BENIGN_QUERIES = 100
 QUEEN_FIT = QueenFitConfig(mapping_epochs=20, num_shadows=10, shadow_samples=300, seed=0)
 QUEEN_FIT_QUICK = QueenFitConfig(mapping_epochs=8, num_shadows=10, shadow_samples=300, seed=0)
 QUEEN_ONLINE = QueenConfig(novelty_radius=1e-4, threshold_queries=50, beta=1.5, shadows_per_answer=5, seed=0)
-PIRATE, PIRATE_QUICK = PirateConfig(), PirateConfig(max_epochs=10)
 # one torch thread: on a shared 2-core machine, 2 OpenMP threads spin against other processes and run several
 # times slower; one thread also keeps the overhead ratio stable
 THREADS = 1
@@ -73,22 +79,6 @@ SANITY_MIN = 0.95  # undefended soft KnockoffNets pirate accuracy at the largest
 QUEEN_DROP_MIN = 20.0  # points QUEEN takes off it
 BENIGN_COST_MAX = 0.01  # benign accuracy a defense may cost (clients of BENIGN_QUERIES) to compete
 OVERHEAD_MAX = 1.5  # QUEEN's answer of a batch of 256 against the undefended forward pass
-
-
-class _Recording(Defense):
-    """Wraps a defense and records which answers QUEEN reversed (bench bookkeeping only)."""
-
-    def __init__(self, inner: Defense) -> None:
-        self.inner, self.flags = inner, []  # type: list[torch.Tensor]
-        self.name = inner.name
-
-    def answer(self, x: torch.Tensor, logits: torch.Tensor, features: torch.Tensor, client_id: str) -> torch.Tensor:
-        if isinstance(self.inner, QueenDefense):
-            out, rev = self.inner.answer_with_decisions(x, logits, features, client_id)
-        else:
-            out, rev = self.inner.answer(x, logits, features, client_id), torch.zeros(len(x), dtype=torch.bool)
-        self.flags.append(rev)
-        return out
 
 
 def _queen_artifacts(ctx: BenchContext, model: torch.nn.Module, bundle: DatasetBundle,
@@ -124,33 +114,11 @@ def _defense(name: str, model: torch.nn.Module, art: QueenArtifacts, seed: int) 
 def _collect(ctx: BenchContext, attack: str, model: torch.nn.Module, defense: Defense, pool_name: str,
              budget: int) -> tuple[Transcript, torch.Tensor]:
     pool = query_pool(DATASET, pool_name, ctx.data_root)
-    recorder = _Recording(defense)
+    recorder = Recording(defense)
     oracle = ModelOracle(ProtectedModel(model, recorder), client_id=f"attacker-{attack}-{pool_name}",
                          policy=ClientPolicy(budget=budget))
     transcript = build_attack(attack, budget=budget, seed=ctx.seed).collect(oracle, pool)
     return transcript, torch.cat(recorder.flags)
-
-
-def _onehot(answers: torch.Tensor) -> torch.Tensor:
-    return torch.zeros_like(answers).scatter_(1, answers.argmax(dim=1, keepdim=True), 1.0)
-
-
-def _pirate_cell(ctx: BenchContext, transcript: Transcript, reversed_flags: torch.Tensor, truth: torch.Tensor,
-                 bundle: DatasetBundle, model: torch.nn.Module, upstream: dict[str, str]) -> dict[str, Any]:
-    pirate = PIRATE_QUICK if ctx.quick else PIRATE
-    digest = transcript.digest()
-
-    def train() -> dict[str, Any]:
-        score = score_transcript(transcript, bundle.test, victim=model, pirate=pirate)
-        return {"accuracy": score.accuracy, "fidelity": score.fidelity, "train_seconds": score.train_seconds}
-
-    trained = ctx.cell(f"pirate-{digest}", train,
-                       config={"transcript": digest, "pirate": pirate, "test": f"{DATASET} test"},
-                       upstream={"victim": upstream["victim"]})
-    n = len(transcript)
-    return {**trained, "queries": n, "reversed_fraction": float(reversed_flags[:n].float().mean()),
-            "wrong_label_fraction": float((transcript.answers.argmax(1) != truth[:n].argmax(1)).float().mean()),
-            "l1_to_truth": float((transcript.answers / transcript.answers.sum(1, keepdim=True) - truth[:n]).abs().sum(1).mean())}
 
 
 def _overhead(model: torch.nn.Module, art: QueenArtifacts, x: torch.Tensor, flood: torch.Tensor,
@@ -162,11 +130,13 @@ def _overhead(model: torch.nn.Module, art: QueenArtifacts, x: torch.Tensor, floo
     for suffix in ("", "-wal", "-shm"):
         sqlite_path.with_name(sqlite_path.name + suffix).unlink(missing_ok=True)
     queen_mem = QueenDefense.for_model(model, art, QUEEN_ONLINE, store=InMemoryStateStore())
+    queen_pool = QueenDefense.for_model(model, art, VARIANTS["queen-pool"], store=InMemoryStateStore())
     queen_sql = QueenDefense.for_model(model, art, QUEEN_ONLINE, store=SQLiteStateStore(sqlite_path))
     protected = {"undefended": ProtectedModel(model, NoDefense(), max_batch=256),
                  "queen_fresh_client": ProtectedModel(model, queen_mem, max_batch=256),
                  "queen_reversing_client": ProtectedModel(model, queen_mem, max_batch=256),
-                 "queen_sqlite_reversing_client": ProtectedModel(model, queen_sql, max_batch=256)}
+                 "queen_sqlite_reversing_client": ProtectedModel(model, queen_sql, max_batch=256),
+                 "queen_pool_young_client": ProtectedModel(model, queen_pool, max_batch=256)}
     protected["queen_reversing_client"].answer(flood, "flooded")  # push one client past the threshold
     protected["queen_sqlite_reversing_client"].answer(flood, "flooded")
     times: dict[str, list[float]] = {k: [] for k in ("forward", *protected)}
@@ -216,7 +186,10 @@ def _run(ctx: BenchContext) -> SuiteReport:
     top = max(budgets)
     grid: dict[str, dict[str, Any]] = {}
     order = ["none", "queen", *[d for d in DEFENSES if d not in ("none", "queen")]]  # acceptance cells first
+    accounts: dict[str, Any] = {}
     for pool_name in POOLS:
+        if pool_name == "surrogate":  # the many-accounts grid before the surrogate pool: its criteria come first
+            accounts = run_accounts(ctx, model, art, bundle, upstream("queen"), budget=top)
         for defense_name in order:
             memo: dict[str, tuple[Transcript, torch.Tensor, torch.Tensor]] = {}
             for attack, labels in SERIES:
@@ -236,8 +209,8 @@ def _run(ctx: BenchContext) -> SuiteReport:
                         t, flags, truth = transcript()
                         t = t.prefix(budget)
                         if labels == "hard":
-                            t = Transcript(t.x, _onehot(t.answers))
-                        return _pirate_cell(ctx, t, flags, truth, bundle, model, upstream(defense_name))
+                            t = Transcript(t.x, onehot(t.answers))
+                        return pirate_cell(ctx, t, flags, truth, bundle, model, upstream(defense_name))
 
                     name = f"{attack}-{labels}/{pool_name}/{defense_name}/{budget}"
                     grid[name] = ctx.cell(name, cell, upstream=upstream(defense_name), config={
@@ -266,10 +239,18 @@ def _run(ctx: BenchContext) -> SuiteReport:
                "budgets": list(budgets), "pirate": asdict(PIRATE_QUICK if ctx.quick else PIRATE), "grid": grid,
                "benign": benign, "overhead": overhead, "quick": ctx.quick}
     results["summary"] = _summary(results, top)
+    if accounts:
+        results["accounts"] = accounts
+        results["accounts_summary"] = summarize_accounts(accounts, grid, benign)
     note = ("Quick grid: a weaker victim (2 epochs on 10,000 images) and budgets up to 5k, so the criteria, defined "
             "for the full run (20k queries, full victim), are shown for orientation only.") if ctx.quick else ""
-    return SuiteReport(results=results, markdown=_markdown(results, top), figures=_figures(results),
-                       criteria=_criteria(results["summary"]), criteria_note=note)
+    criteria = _criteria(results["summary"])
+    markdown = _markdown(results, top)
+    if accounts:
+        criteria += accounts_criteria(results["accounts_summary"], overhead)
+        markdown += "\n## Many accounts, heavy honest clients, foreign pools, adaptive attackers\n\n" + \
+            accounts_markdown(accounts, results["accounts_summary"])
+    return SuiteReport(results=results, markdown=markdown, figures=_figures(results), criteria=criteria, criteria_note=note)
 
 
 def _summary(results: dict[str, Any], top: int) -> dict[str, Any]:

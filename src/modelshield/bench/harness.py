@@ -64,6 +64,7 @@ __all__ = [
     "run_suite",
 ]
 
+VICTIM_THREADS = 1  # torch threads of every trained_model run (see trained_model)
 CACHE_FORMAT = 2  # bumped when the cell cache layout changes (part of every key)
 _COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
     "<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt, "==": operator.eq, "!=": operator.ne}
@@ -499,7 +500,10 @@ class BenchContext:
                                 num_classes=info.num_classes, normalization=info.normalization)
             train = bundle.train if train_size is None else bundle.train.subset(train_size, seed)
             self.console.log(f"training {architecture} on {dataset} ({len(train)} images, {config.epochs} epochs)")
-            with self._work() as threads:
+            # always the same thread count, whichever suite trains the model first: CPU kernels sum in a
+            # thread-dependent order, so a victim trained with 2 threads differs from one trained with 1 (VGG on
+            # Fashion-MNIST: 92.56% vs 92.39%) and suites would disagree about "the" victim
+            with self.torch_threads(VICTIM_THREADS), self._work() as threads:
                 result = train_model(model, train, val=bundle.val, config=config, progress=self.progress,
                                      description=f"{architecture}/{dataset}")
                 test = evaluate(model, bundle.test)

@@ -38,7 +38,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     if args.budget < 1:
         raise ConfigError(f"--budget must be >= 1, got {args.budget}")
     checkpoint, bundle, dataset = load_checkpoint_and_data(args)
-    pool = query_pool(dataset, args.pool, args.data_root, surrogate=args.surrogate)
+    pool = query_pool(dataset, args.pool, args.data_root, surrogate=args.surrogate, seed=args.seed)
     oracle: Oracle
     if args.url is not None:  # the live server applies its own defense and the client's policy; the checkpoint scores fidelity
         if args.defense != "none" or args.labels != "soft":
@@ -87,14 +87,16 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--labels", default="soft", choices=("soft", "hard"), help="soft: probability answers; hard: top-1 only")
     p.add_argument("--budget", type=int, default=5000, help="queries")
     p.add_argument("--pool", default="attacker", choices=POOL_KINDS,
-                   help="attacker: the victim dataset's attacker split; surrogate: another dataset")
+                   help="attacker: the victim dataset's attacker split; surrogate: another dataset; "
+                        "noise: uniform random images of the victim's input shape (drawn from --seed)")
     add_config_option(p, query_pool, "surrogate", help="surrogate dataset (default: mnist <-> fashion-mnist)")
     add_config_option(p, PirateConfig, "architecture", "--pirate-arch", help="pirate architecture (lenet5, vgg, resnet20)")
     add_config_option(p, PirateConfig, "epochs", "--pirate-epochs", help="pirate training epochs (default: automatic)")
     p.add_argument("--client-id", default="attacker", help="client id the attacker queries as")
     add_defense_args(p)
-    add_config_option(p, PirateConfig, "seed", also=[(build_attack, "seed"), (QueenConfig, "seed"), (GaussianNoiseDefense, "seed")],
-                      help="seed of the attack, the pirate and the defense")
+    add_config_option(p, PirateConfig, "seed", also=[(build_attack, "seed"), (query_pool, "seed"), (QueenConfig, "seed"),
+                                                     (GaussianNoiseDefense, "seed")],
+                      help="seed of the attack, the pirate, the defense and the noise pool")
     p.add_argument("--out", type=Path, default=None, help="write the result JSON here")
     p.add_argument("--url", default=None, help="attack a live `modelshield serve` (or any Open Inference Protocol v2 server) "
                                               "instead of the checkpoint, which then only scores fidelity")

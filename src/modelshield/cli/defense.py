@@ -21,7 +21,7 @@ from modelshield.cli._common import (
 )
 from modelshield.defense.baselines import GaussianNoiseDefense, ReverseSigmoidDefense, RoundingDefense
 from modelshield.defense.base import Defense
-from modelshield.defense.queen import QueenConfig
+from modelshield.defense.queen import OUT_OF_REGION, QueenConfig
 from modelshield.defense.queen_fit import QueenFitConfig
 from modelshield.defense.registry import DEFENSE_NAMES, build_defense, canonical_defense_name
 from modelshield.errors import ConfigError
@@ -52,6 +52,16 @@ def add_defense_args(p: argparse.ArgumentParser) -> None:
     add_config_option(p, QueenConfig, "beta", "--queen-beta", help="QUEEN region radius R_c = beta * rho_c")
     add_config_option(p, QueenConfig, "shadows_per_answer", "--queen-shadows",
                       help="shadow models averaged per reversed answer (k)")
+    add_config_option(p, QueenConfig, "reverse_keeps_label", "--queen-keep-label", action="store_true",
+                      help="QUEEN label-preserving REVERSE (reversed answers keep the model's top-1)")
+    add_config_option(p, QueenConfig, "out_of_region", "--queen-out-of-region", choices=OUT_OF_REGION,
+                      help="QUEEN answer to queries outside every sensitive region")
+    add_config_option(p, QueenConfig, "window_seconds", "--queen-window", metavar="SECONDS",
+                      help="QUEEN coverage starts over every this many seconds (default: kept forever)")
+    add_config_option(p, QueenConfig, "young_client_queries", "--queen-young-queries", metavar="N",
+                      help="QUEEN sybil-resistant mode: clients with fewer than N queries answered share one pooled state")
+    add_config_option(p, QueenConfig, "pool_threshold_queries", "--queen-pool-threshold",
+                      help="QUEEN pooled state's threshold (novel in-region queries per class)")
     p.add_argument("--state-db", type=Path, default=None, help="QUEEN per-client state in this SQLite file (default: in memory)")
     add_config_option(p, RoundingDefense, "decimals", help="rounding: decimals kept")
     add_config_option(p, ReverseSigmoidDefense, "beta", "--rs-beta", help="reverse sigmoid beta")
@@ -62,7 +72,9 @@ def add_defense_args(p: argparse.ArgumentParser) -> None:
 def queen_config_from_args(args: argparse.Namespace) -> QueenConfig:
     """QUEEN's online settings from the ``--queen-*`` options and ``--seed`` (the rest: QueenConfig's defaults)."""
     config = replace(QueenConfig(), novelty_radius=args.queen_radius, beta=args.queen_beta,
-                     shadows_per_answer=args.queen_shadows, seed=args.seed)
+                     shadows_per_answer=args.queen_shadows, seed=args.seed, reverse_keeps_label=args.queen_keep_label,
+                     out_of_region=args.queen_out_of_region, window_seconds=args.queen_window,
+                     young_client_queries=args.queen_young_queries, pool_threshold_queries=args.queen_pool_threshold)
     if args.queen_threshold is not None:  # by coverage instead of by count
         return replace(config, coverage_threshold=args.queen_threshold, threshold_queries=None)
     return replace(config, threshold_queries=args.queen_threshold_queries)

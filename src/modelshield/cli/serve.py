@@ -26,7 +26,8 @@ __all__ = ["register"]
 # the ServeConfig fields `serve` exposes (option --field-name each)
 SERVE_FIELDS = ("model_name", "model_version", "host", "port", "workers", "max_images", "max_body_bytes")
 # the QueenConfig fields the server is given (ServeOptions.queen_config)
-_QUEEN_FIELDS = ("novelty_radius", "coverage_threshold", "threshold_queries", "beta", "shadows_per_answer", "seed")
+_QUEEN_FIELDS = ("novelty_radius", "coverage_threshold", "threshold_queries", "beta", "shadows_per_answer", "seed",
+                 "reverse_keeps_label", "out_of_region", "window_seconds", "young_client_queries", "pool_threshold_queries")
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -62,6 +63,8 @@ def _rows(record: Any) -> list[tuple[str, str]]:
     return [("client", record.client_id), ("output", spec.output),
             ("budget", "unlimited" if spec.budget is None else f"{spec.budget} images"),
             ("rate", "unlimited" if spec.rate is None else f"{spec.rate:g} requests/s (burst {spec.bucket_size})"),
+            ("QUEEN", "trusted (exempt)" if spec.trusted else "default threshold" if spec.allowance is None
+             else f"allowance {spec.allowance} per class"),
             ("status", "revoked" if record.revoked else "active")]
 
 
@@ -70,7 +73,8 @@ def _cmd_add(args: argparse.Namespace) -> int:
 
     if args.key_out is not None and Path(args.key_out).exists():
         raise ConfigError(f"{args.key_out} already exists; refusing to overwrite an API key file")
-    spec = ClientSpec(output=args.output, budget=args.budget, rate=args.rate, burst=args.burst)
+    spec = ClientSpec(output=args.output, budget=args.budget, rate=args.rate, burst=args.burst, trusted=args.trusted,
+                      allowance=args.allowance)
     record, key = _registry(args).add(args.client_id, spec)
     summary = record.public()
     if args.key_out is not None:
@@ -156,6 +160,9 @@ def register(sub: Subparsers) -> None:
     add_config_option(q, ClientSpec, "budget", help="images the client may have answered in total (default: unlimited)")
     add_config_option(q, ClientSpec, "rate", help="requests per second (default: unlimited)")
     add_config_option(q, ClientSpec, "burst", help="requests allowed at once (default: ceil(rate))")
+    add_config_option(q, ClientSpec, "trusted", action="store_true", help="exempt from QUEEN's per-client state (never reversed)")
+    add_config_option(q, ClientSpec, "allowance",
+                      help="QUEEN tier: novel in-region queries per class before reversal (default: the server's)")
     q.add_argument("--key-out", type=Path, default=None, help="write the API key to this new file (0600) instead of printing it")
     common(q)
     q.set_defaults(handler=_cmd_add)

@@ -1,12 +1,14 @@
 """The one interface every extraction defense implements.
 
 A defense sees a query batch ``x``, the protected model's ``logits`` and penultimate ``features`` for it,
-and the caller's ``client_id``; it returns the probability vectors the caller receives. Stateless defenses
+the caller's ``client_id`` and its policy; it returns the probability vectors the caller receives. Stateless defenses
 ignore the client; QUEEN keeps per-client state in a :class:`~modelshield.state.StateStore`.
 Defenses are vectorised over the batch (no per-sample Python loop, no per-sample optimiser).
 
 Example:
     >>> import torch
+
+from modelshield.defense.policy import ClientPolicy
     >>> from modelshield.defense.baselines import NoDefense
     >>> logits = torch.tensor([[2.0, 0.0]])
     >>> NoDefense().answer(torch.zeros(1, 1, 2, 2), logits, torch.zeros(1, 3), "alice").round(decimals=4).tolist()
@@ -29,7 +31,8 @@ class Defense(ABC):
     name: str = "defense"
 
     @abstractmethod
-    def answer(self, x: torch.Tensor, logits: torch.Tensor, features: torch.Tensor, client_id: str) -> torch.Tensor:
+    def answer(self, x: torch.Tensor, logits: torch.Tensor, features: torch.Tensor, client_id: str,
+               policy: ClientPolicy | None = None) -> torch.Tensor:
         """Answer a batch.
 
         Args:
@@ -37,6 +40,8 @@ class Defense(ABC):
             logits: the protected model's logits (N, K).
             features: its penultimate features (N, D).
             client_id: who is asking (stateful defenses keep state per client).
+            policy: the client's policy (:class:`~modelshield.defense.ClientPolicy`: trusted, QUEEN allowance);
+                None is the default policy. Stateless defenses ignore it.
 
         Returns:
             (N, K) answered probability vectors.

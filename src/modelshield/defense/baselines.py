@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from modelshield.defense.base import Defense
+from modelshield.defense.policy import ClientPolicy
 from modelshield.errors import ConfigError
 
 __all__ = ["GaussianNoiseDefense", "NoDefense", "ReverseSigmoidDefense", "RoundingDefense", "TopOneDefense"]
@@ -36,7 +37,8 @@ class NoDefense(Defense):
 
     name = "none"
 
-    def answer(self, x: torch.Tensor, logits: torch.Tensor, features: torch.Tensor, client_id: str) -> torch.Tensor:
+    def answer(self, x: torch.Tensor, logits: torch.Tensor, features: torch.Tensor, client_id: str,
+               policy: ClientPolicy | None = None) -> torch.Tensor:
         return torch.softmax(logits.float(), dim=1)
 
 
@@ -46,7 +48,8 @@ class TopOneDefense(Defense):
 
     name = "top1"
 
-    def answer(self, x: torch.Tensor, logits: torch.Tensor, features: torch.Tensor, client_id: str) -> torch.Tensor:
+    def answer(self, x: torch.Tensor, logits: torch.Tensor, features: torch.Tensor, client_id: str,
+               policy: ClientPolicy | None = None) -> torch.Tensor:
         out = torch.zeros_like(logits, dtype=torch.float32)
         return out.scatter_(1, logits.argmax(dim=1, keepdim=True), 1.0)
 
@@ -66,7 +69,8 @@ class RoundingDefense(Defense):
         if not 0 <= self.decimals <= 8:
             raise ConfigError(f"rounding decimals must be in 0..8, got {self.decimals}")
 
-    def answer(self, x: torch.Tensor, logits: torch.Tensor, features: torch.Tensor, client_id: str) -> torch.Tensor:
+    def answer(self, x: torch.Tensor, logits: torch.Tensor, features: torch.Tensor, client_id: str,
+               policy: ClientPolicy | None = None) -> torch.Tensor:
         return torch.round(torch.softmax(logits.float(), dim=1), decimals=self.decimals)
 
     def describe(self) -> dict[str, Any]:
@@ -95,7 +99,8 @@ class ReverseSigmoidDefense(Defense):
         if not (self.gamma > 0 and math.isfinite(self.gamma)):
             raise ConfigError(f"reverse sigmoid gamma must be > 0, got {self.gamma}")
 
-    def answer(self, x: torch.Tensor, logits: torch.Tensor, features: torch.Tensor, client_id: str) -> torch.Tensor:
+    def answer(self, x: torch.Tensor, logits: torch.Tensor, features: torch.Tensor, client_id: str,
+               policy: ClientPolicy | None = None) -> torch.Tensor:
         p = torch.softmax(logits.float(), dim=1)
         if self.beta == 0:
             return p
@@ -130,7 +135,8 @@ class GaussianNoiseDefense(Defense):
         self._state["generator"] = torch.Generator().manual_seed(self.seed)
         self._state["lock"] = threading.Lock()
 
-    def answer(self, x: torch.Tensor, logits: torch.Tensor, features: torch.Tensor, client_id: str) -> torch.Tensor:
+    def answer(self, x: torch.Tensor, logits: torch.Tensor, features: torch.Tensor, client_id: str,
+               policy: ClientPolicy | None = None) -> torch.Tensor:
         p = torch.softmax(logits.float(), dim=1)
         if self.sigma == 0:
             return p

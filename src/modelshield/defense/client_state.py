@@ -33,7 +33,7 @@ _VERSION = 1
 _MAX_HEADER = 1 << 16
 _DTYPES = {"coverage": "<f8", "counts": "<i8", "points": "<f4", "reversed": "<i8"}
 SPEC = HeaderSpec("QUEEN client state", None, _VERSION, required={"num_classes", "queries", "arrays"},
-                  max_bytes=_MAX_HEADER)
+                  optional={"window"}, max_bytes=_MAX_HEADER)
 
 
 @dataclass
@@ -44,13 +44,16 @@ class QueenClientState:
         coverage: CQS per class (fraction of the sensitive region covered).
         points: per class, the recorded 2-D points (n_c, 2) float32.
         reversed: per class, how many answers were reversed.
-        queries: total queries answered.
+        queries: total queries answered (over the client's life: a new window does not reset it).
+        window: the time window the coverage and points belong to (``QueenConfig.window_seconds``; 0 without
+            windows). Written to the header only when non-zero, so states without windows keep their bytes.
     """
 
     coverage: np.ndarray
     points: list[np.ndarray]
     reversed: np.ndarray
     queries: int = 0
+    window: int = 0
 
     @classmethod
     def empty(cls, num_classes: int) -> QueenClientState:
@@ -81,7 +84,10 @@ class QueenClientState:
             meta[name] = {"dtype": _DTYPES[name], "shape": list(arr.shape), "offset": offset}
             blobs.append(arr.tobytes())
             offset += arr.nbytes
-        header = encode_header({"num_classes": self.num_classes, "queries": int(self.queries), "arrays": meta}, SPEC)
+        doc = {"num_classes": self.num_classes, "queries": int(self.queries), "arrays": meta}
+        if self.window:
+            doc["window"] = int(self.window)
+        header = encode_header(doc, SPEC)
         return _MAGIC + struct.pack("<I", len(header)) + header + b"".join(blobs)
 
     @classmethod
@@ -108,6 +114,7 @@ class QueenClientState:
         fields = Fields(source)
         k = int(fields.integer(header, "num_classes", 1, 1 << 20))  # type: ignore[arg-type]
         queries = int(fields.integer(header, "queries", 0, 2**63 - 1))  # type: ignore[arg-type]
+        window = int(fields.integer(header, "window", 1, 2**63 - 1)) if "window" in header else 0  # type: ignore[arg-type]
         arrays = fields.exact_keys(fields.obj(header, "arrays"), set(_DTYPES), where="arrays")
         if num_classes is not None and k != num_classes:
             raise fields.fail("num_classes", f"{num_classes} (the protected model's classes)", k)
@@ -130,4 +137,4 @@ class QueenClientState:
             raise FormatError(f"{source}: points {out['points'].shape} do not match counts {counts.tolist()}")
         bounds = np.concatenate([[0], np.cumsum(counts)])
         points = [out["points"][bounds[i] : bounds[i + 1]] for i in range(k)]
-        return cls(out["coverage"].astype(np.float64), points, out["reversed"].astype(np.int64), queries)
+        return cls(out["coverage"].astype(np.float64), points, out["reversed"].astype(np.int64), queries, window)

@@ -27,7 +27,6 @@ Example:
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -35,37 +34,12 @@ from torch import nn
 
 from modelshield.defense.base import Defense
 from modelshield.defense.features import FeatureSplit
+from modelshield.defense.policy import OUTPUT_MODES, ClientPolicy
 from modelshield.errors import BudgetExceeded, ConfigError
 from modelshield.images import as_image_batch
 from modelshield.state import InMemoryStateStore, StateStore
 
 __all__ = ["OUTPUT_MODES", "ClientPolicy", "ProtectedModel"]
-
-OUTPUT_MODES = ("probabilities", "label")
-
-
-@dataclass(frozen=True)
-class ClientPolicy:
-    """What the server lets one client have.
-
-    Attributes:
-        output: ``"probabilities"`` (the defended vectors) or ``"label"`` (a one-hot row on their top-1 class,
-            for clients that may only see labels).
-        budget: most queries ever answered to the client (counted in the state store), None for unlimited.
-
-    Raises:
-        ConfigError: unknown output mode or negative budget.
-    """
-
-    output: str = "probabilities"
-    budget: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.output not in OUTPUT_MODES:
-            raise ConfigError(f"ClientPolicy.output must be one of {', '.join(OUTPUT_MODES)}, got {self.output!r}")
-        if self.budget is not None and (isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 0):
-            raise ConfigError(f"ClientPolicy.budget must be an integer >= 0 or None, got {self.budget!r}")
-
 
 class ProtectedModel:
     """``answer(x, client_id, policy)``: validation, budget, features and logits, the defense, the output mode.
@@ -153,7 +127,7 @@ class ProtectedModel:
             parts = [self.split(x[s : s + self.max_batch]) for s in range(0, n, self.max_batch)]
         features = torch.cat([f for f, _ in parts])
         logits = torch.cat([z for _, z in parts])
-        probs = self.defense.answer(x, logits, features, client_id)
+        probs = self.defense.answer(x, logits, features, client_id, policy)
         if policy.output == "label":
             return torch.zeros_like(probs).scatter_(1, probs.argmax(dim=1, keepdim=True), 1.0)
         return probs

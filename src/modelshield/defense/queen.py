@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import math
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -41,19 +43,25 @@ import torch
 from torch import nn
 
 from modelshield.defense.base import Defense
+from modelshield.defense.baselines import GaussianNoiseDefense, ReverseSigmoidDefense, RoundingDefense, TopOneDefense
 from modelshield.defense.client_state import QueenClientState
 from modelshield.defense.features import FeatureSplit
+from modelshield.defense.policy import ClientPolicy
 from modelshield.defense.queen_artifacts import QueenArtifacts
 from modelshield.defense.shadow import SoftmaxRegression
 from modelshield.errors import ConfigError
 from modelshield.models.checkpoint import state_dict_fingerprint
 from modelshield.state import InMemoryStateStore, StateStore
 
-__all__ = ["QueenConfig", "QueenDefense", "decide_batch", "perturb_probabilities", "reverse_probabilities"]
+__all__ = ["OUT_OF_REGION", "QueenConfig", "QueenDefense", "decide_batch", "keep_label", "perturb_probabilities",
+           "reverse_probabilities"]
 
 # decide_batch runs over at most this many queries at a time (its within-class distance matrix is quadratic);
 # the chunks are applied in order to one decoded state, so the result is the same as one call, and committed once
 _DECIDE_CHUNK = 1024
+_STATELESS: dict[str, type[Defense]] = {"top1": TopOneDefense, "rounding": RoundingDefense,
+                                        "reverse-sigmoid": ReverseSigmoidDefense, "gaussian": GaussianNoiseDefense}
+OUT_OF_REGION = ("perturb", *_STATELESS)
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,24 @@ class QueenConfig:
         perturb_step: PERTURB step length in feature space (0.05).
         perturb_steps: maximum PERTURB steps (20; 0 disables PERTURB).
         seed: seed of the defense's random draws (shadow subsets).
+        reverse_keeps_label: label-preserving REVERSE: a reversed answer is moved so that its top-1 is the
+            model's label (the reversed vector's top entry and the label's entry swap places). Free for clients
+            that use the label; a hard-label pirate then learns from true labels.
+        out_of_region: the answer to a query outside its class's sensitive region: ``perturb`` (the paper's
+            PERTURB) or a stateless defense applied to those rows only: ``top1``, ``rounding``,
+            ``reverse-sigmoid``, ``gaussian`` (their default settings). All of them keep the top-1 label except
+            ``gaussian``, which may change it.
+        window_seconds: coverage decays over a time window: a client's coverage and recorded points (and the
+            pool's) start over when a new window of this many seconds begins (tumbling windows on the
+            defense's clock); None keeps them forever (the paper).
+        young_client_queries: the sybil-resistant mode: a client with fewer than this many queries answered
+            (its whole history, across windows) and no tier of its own (``ClientPolicy.allowance``: a customer
+            the deployer knows) is *young*; its queries also count in one pooled state shared by every young
+            client, and are reversed when either its own state or the pool is past its threshold. Opening many
+            accounts then buys the attacker nothing over one young account; established and tiered clients are
+            judged on their own history only. None disables the pool (per-client state only).
+        pool_threshold_queries: the pool's threshold, novel in-region queries per class over all young clients
+            (in the current window).
     """
 
     novelty_radius: float = 1e-4
@@ -87,6 +113,11 @@ class QueenConfig:
     perturb_step: float = 0.05
     perturb_steps: int = 20
     seed: int = 0
+    reverse_keeps_label: bool = False
+    out_of_region: str = "perturb"
+    window_seconds: float | None = None
+    young_client_queries: int | None = None
+    pool_threshold_queries: int = 50
 
     @classmethod
     def released(cls, **changes: Any) -> QueenConfig:
@@ -108,6 +139,14 @@ class QueenConfig:
             raise ConfigError(f"QueenConfig.shadows_per_answer must be >= 1, got {self.shadows_per_answer}")
         if self.perturb_steps < 0 or not (self.perturb_step >= 0 and math.isfinite(self.perturb_step)):
             raise ConfigError(f"QueenConfig.perturb_steps must be >= 0 and perturb_step >= 0, got {self.perturb_steps}, {self.perturb_step}")
+        if self.out_of_region not in OUT_OF_REGION:
+            raise ConfigError(f"QueenConfig.out_of_region must be one of {', '.join(OUT_OF_REGION)}, got {self.out_of_region!r}")
+        if self.window_seconds is not None and not (self.window_seconds > 0 and math.isfinite(self.window_seconds)):
+            raise ConfigError(f"QueenConfig.window_seconds must be > 0 seconds or None, got {self.window_seconds}")
+        if self.young_client_queries is not None and self.young_client_queries < 1:
+            raise ConfigError(f"QueenConfig.young_client_queries must be >= 1 or None, got {self.young_client_queries}")
+        if self.pool_threshold_queries < 0:
+            raise ConfigError(f"QueenConfig.pool_threshold_queries must be >= 0, got {self.pool_threshold_queries}")
 
 
 def _over(coverage: float, count: int, threshold: float, threshold_queries: int | None) -> bool:
@@ -223,6 +262,25 @@ def reverse_probabilities(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return torch.where(total > 0, pos / total.clamp_min(1e-12), onehot)
 
 
+def keep_label(y: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Label-preserving REVERSE: swap each row's top entry with its ``labels`` entry, so the top-1 is the label.
+
+    Example:
+        >>> import torch
+        >>> keep_label(torch.tensor([[0.3, 0.7], [0.6, 0.4]]), torch.tensor([0, 0])).tolist()
+        [[0.699999988079071, 0.30000001192092896], [0.6000000238418579, 0.4000000059604645]]
+    """
+    rows = torch.arange(y.shape[0])
+    top = y.argmax(dim=1)
+    out = y.clone()
+    out[rows, labels], out[rows, top] = y[rows, top], y[rows, labels]
+    tied = out.argmax(dim=1) != labels  # the label's entry ties another maximum: lift it just above
+    if tied.any():
+        out[rows[tied], labels[tied]] += 1e-6
+        out[tied] = out[tied] / out[tied].sum(dim=1, keepdim=True)
+    return out
+
+
 class QueenDefense(Defense):
     """QUEEN behind the common :class:`~modelshield.defense.base.Defense` interface.
 
@@ -230,10 +288,16 @@ class QueenDefense(Defense):
         artifacts: the fitted artefacts.
         head: the protected model's final linear layer ``h`` (PERTURB re-evaluates it).
         config: online settings.
-        store: per-client state store (default: in memory). Keys are ``"<namespace>:<client_id>"``; each
-            answered batch is one :meth:`~modelshield.state.StateStore.update` (all of the batch or nothing).
+        store: per-client state store (default: in memory). Keys are ``"<namespace>:<client_id>"``, and
+            ``"<namespace>/pool"`` for the young clients' pool; each answered batch is one
+            :meth:`~modelshield.state.StateStore.update` of the client's state (all of the batch or nothing),
+            and, for a young client in the sybil-resistant mode, a second one of the pool.
         namespace: key prefix (default: ``queen:`` + the model fingerprint), so several protected models can
             share one store.
+        clock: seconds, for ``window_seconds`` (default :func:`time.time`; a benchmark passes a simulated one).
+
+    The client's :class:`~modelshield.defense.ClientPolicy` (passed with each batch) may mark it trusted (no
+    state, never reversed) or give it its own threshold (``allowance``, a tier).
 
     Use :meth:`for_model` to build it from the protected model (checks the artefacts belong to it).
     """
@@ -241,7 +305,8 @@ class QueenDefense(Defense):
     name = "queen"
 
     def __init__(self, artifacts: QueenArtifacts, head: nn.Linear, config: QueenConfig | None = None, *,
-                 store: StateStore | None = None, namespace: str | None = None) -> None:
+                 store: StateStore | None = None, namespace: str | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.artifacts = artifacts
         self.head = head
         self.config = config or QueenConfig()
@@ -253,29 +318,49 @@ class QueenDefense(Defense):
                               f"{len(artifacts.shadows)} shadow models")
         self.store: StateStore = store if store is not None else InMemoryStateStore()
         self.namespace = namespace or f"queen:{artifacts.model_fingerprint[:16]}"
+        self.clock = clock
         self._generator = torch.Generator().manual_seed(self.config.seed)
         self._lock = threading.Lock()
         self._stacked = self._stack_shadows()
+        outside = _STATELESS.get(self.config.out_of_region)
+        self._outside: Defense | None = None
+        if outside is GaussianNoiseDefense:
+            self._outside = GaussianNoiseDefense(seed=self.config.seed)
+        elif outside is not None:
+            self._outside = outside()
 
     @classmethod
     def for_model(cls, model: nn.Module, artifacts: QueenArtifacts, config: QueenConfig | None = None, *,
-                  store: StateStore | None = None, namespace: str | None = None) -> QueenDefense:
+                  store: StateStore | None = None, namespace: str | None = None,
+                  clock: Callable[[], float] = time.time) -> QueenDefense:
         """Build the defense for ``model``; raises ConfigError if the artefacts were fitted for another model."""
         fingerprint = state_dict_fingerprint(model.state_dict())
         if fingerprint != artifacts.model_fingerprint:
             raise ConfigError(f"QUEEN artefacts were fitted for model {artifacts.model_fingerprint}, "
                               f"this model is {fingerprint}; run `modelshield defense fit` for it")
-        return cls(artifacts, FeatureSplit(model).head, config, store=store, namespace=namespace)
+        return cls(artifacts, FeatureSplit(model).head, config, store=store, namespace=namespace, clock=clock)
 
     def key(self, client_id: str) -> str:
         """The store key of a client."""
         return f"{self.namespace}:{client_id}"
 
+    @property
+    def pool_key(self) -> str:
+        """The store key of the young clients' pooled state (no client key can equal it)."""
+        return f"{self.namespace}/pool"
+
     def client_state(self, client_id: str) -> QueenClientState:
         """A copy of a client's current state (empty for a new client)."""
-        blob = self.store.get(self.key(client_id))
+        return self._state_at(self.key(client_id))
+
+    def pool_state(self) -> QueenClientState:
+        """A copy of the young clients' pooled state (sybil-resistant mode)."""
+        return self._state_at(self.pool_key)
+
+    def _state_at(self, key: str) -> QueenClientState:
+        blob = self.store.get(key)
         k = self.artifacts.num_classes
-        return QueenClientState.empty(k) if blob is None else QueenClientState.from_bytes(blob, k)
+        return QueenClientState.empty(k) if blob is None else QueenClientState.from_bytes(blob, k, source=key)
 
     def reset(self, client_id: str | None = None) -> None:
         if client_id is not None:
@@ -283,19 +368,22 @@ class QueenDefense(Defense):
             return
         for key in self.store.keys(f"{self.namespace}:"):
             self.store.delete(key)
+        self.store.delete(self.pool_key)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, **asdict(self.config), "shadows": len(self.artifacts.shadows),
                 "shadow_architecture": self.artifacts.shadow_architecture}
 
-    def answer(self, x: torch.Tensor, logits: torch.Tensor, features: torch.Tensor, client_id: str) -> torch.Tensor:
-        return self.answer_with_decisions(x, logits, features, client_id)[0]
+    def answer(self, x: torch.Tensor, logits: torch.Tensor, features: torch.Tensor, client_id: str,
+               policy: ClientPolicy | None = None) -> torch.Tensor:
+        return self.answer_with_decisions(x, logits, features, client_id, policy)[0]
 
     @torch.no_grad()
     def answer_with_decisions(self, x: torch.Tensor, logits: torch.Tensor, features: torch.Tensor,
-                              client_id: str) -> tuple[torch.Tensor, torch.Tensor]:
+                              client_id: str, policy: ClientPolicy | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Like :meth:`answer`, also returning the (N,) bool mask of the answers that were reversed."""
         cfg, art = self.config, self.artifacts
+        policy = policy if policy is not None else ClientPolicy()
         features = features.float()
         p = torch.softmax(logits.float(), dim=1)
         classes = p.argmax(dim=1)
@@ -305,27 +393,51 @@ class QueenDefense(Defense):
         in_region = d < radius
         sqs = 0.5 * torch.erfc(cfg.alpha * (d - radius) / radius)
         increments = sqs.square() * (cfg.novelty_radius / radius).square()
-        k = art.num_classes
-        np_classes, np_z = classes.numpy(), z.numpy().astype(np.float32)
-        np_in, np_inc = in_region.numpy(), increments.double().numpy()
-
-        def update(blob: bytes | None) -> tuple[bytes, np.ndarray]:
-            # pure (the store may call it again on a newer blob): decodes, decides, encodes; nothing else changes
-            state = QueenClientState.empty(k) if blob is None else QueenClientState.from_bytes(blob, k)
-            rev = np.concatenate([np.zeros(0, dtype=bool), *(
-                decide_batch(state, np_classes[s : s + _DECIDE_CHUNK], np_z[s : s + _DECIDE_CHUNK],
-                             np_in[s : s + _DECIDE_CHUNK], np_inc[s : s + _DECIDE_CHUNK], radius=cfg.novelty_radius,
-                             threshold=cfg.coverage_threshold, threshold_queries=cfg.threshold_queries)
-                for s in range(0, len(np_classes), _DECIDE_CHUNK))])
-            return state.to_bytes(), rev
-
-        # one commit for the whole batch: the client's state moves for all of it or (on an error) not at all
-        reverse = torch.from_numpy(self.store.update(self.key(client_id), update))
+        batch = (classes.numpy(), z.numpy().astype(np.float32), in_region.numpy(), increments.double().numpy())
+        window = int(self.clock() // cfg.window_seconds) if cfg.window_seconds is not None else 0
+        if policy.trusted:  # exempt: nothing recorded, nothing reversed
+            reverse = torch.zeros(len(classes), dtype=torch.bool)
+        else:
+            own = policy.allowance if policy.allowance is not None else cfg.threshold_queries
+            # one commit for the whole batch: the client's state moves for all of it or (on an error) not at all
+            rev, before = self.store.update(self.key(client_id), self._updater(batch, window, own))
+            if policy.allowance is None and cfg.young_client_queries is not None and before < cfg.young_client_queries:
+                pooled, _ = self.store.update(self.pool_key, self._updater(batch, window, cfg.pool_threshold_queries))
+                rev = rev | pooled
+            reverse = torch.from_numpy(rev)
         out = perturb_probabilities(features, classes, art.class_centres, self.head, cfg.perturb_step, cfg.perturb_steps)
+        if self._outside is not None:
+            rows = torch.nonzero(~in_region & ~reverse).flatten()
+            if len(rows):
+                out[rows] = self._outside.answer(x[rows], logits[rows], features[rows], client_id, policy)
         if reverse.any():
             rows = torch.nonzero(reverse).flatten()
-            out[rows] = reverse_probabilities(p[rows], self._shadow_mean(x[rows]))
+            reversed_answers = reverse_probabilities(p[rows], self._shadow_mean(x[rows]))
+            out[rows] = keep_label(reversed_answers, classes[rows]) if cfg.reverse_keeps_label else reversed_answers
         return out, reverse
+
+    def _updater(self, batch: tuple[np.ndarray, ...], window: int,
+                 threshold_queries: int | None) -> Callable[[bytes | None], tuple[bytes, tuple[np.ndarray, int]]]:
+        """The pure state update of one batch (the store may call it again on a newer blob)."""
+        cfg, k = self.config, self.artifacts.num_classes
+        classes, z, in_region, increments = batch
+
+        def update(blob: bytes | None) -> tuple[bytes, tuple[np.ndarray, int]]:
+            state = QueenClientState.empty(k) if blob is None else QueenClientState.from_bytes(blob, k)
+            if state.window != window:  # a new time window: coverage and points start over, the history count stays
+                fresh = QueenClientState.empty(k)
+                fresh.queries, fresh.window = state.queries, window
+                state = fresh
+            before = state.queries
+            rev = np.concatenate([np.zeros(0, dtype=bool), *(
+                decide_batch(state, classes[s : s + _DECIDE_CHUNK], z[s : s + _DECIDE_CHUNK],
+                             in_region[s : s + _DECIDE_CHUNK], increments[s : s + _DECIDE_CHUNK],
+                             radius=cfg.novelty_radius, threshold=cfg.coverage_threshold,
+                             threshold_queries=threshold_queries)
+                for s in range(0, len(classes), _DECIDE_CHUNK))])
+            return state.to_bytes(), (rev, before)
+
+        return update
 
     def _shadow_mean(self, x: torch.Tensor) -> torch.Tensor:
         shadows = self.artifacts.shadows

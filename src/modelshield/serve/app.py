@@ -42,7 +42,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modelshield._version import __version__
 from modelshield.errors import BudgetExceeded, ConfigError
-from modelshield.defense import ClientPolicy, ProtectedModel
+from modelshield.defense import ProtectedModel
 from modelshield.serve.clients import ClientRecord, ClientRegistry
 from modelshield.serve.config import ClientSpec, ServeConfig
 from modelshield.serve.metrics import ActionRecorder, ServerMetrics
@@ -259,7 +259,7 @@ def create_app(model: ProtectedModel, registry: ClientRegistry, config: ServeCon
             raise ApiError(429, f"rate limit: {spec.rate:g} requests per second (burst {spec.bucket_size}); retry in {wait} s",
                            {"Retry-After": str(wait)})
         try:
-            probs = model.answer(x, record.client_id, ClientPolicy(spec.output, spec.budget))
+            probs = model.answer(x, record.client_id, spec.policy)
         except BudgetExceeded:
             metrics.refused("budget")
             used = model.queries(record.client_id)

@@ -6,7 +6,7 @@ Example:
     >>> ClientSpec(output="logits")
     Traceback (most recent call last):
     ...
-    modelshield.errors.ConfigError: client output must be one of probabilities, label, got 'logits'
+    modelshield.errors.ConfigError: ClientPolicy.output must be one of probabilities, label, got 'logits'
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import math
 import re
 from dataclasses import dataclass
 
+from modelshield.defense.policy import OUTPUT_MODES, ClientPolicy
 from modelshield.errors import ConfigError
 
 __all__ = ["CLIENT_ID_PATTERN", "OUTPUT_MODES", "ClientSpec", "ServeConfig"]
 
-OUTPUT_MODES = ("probabilities", "label")
 CLIENT_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -33,22 +33,29 @@ class ClientSpec:
         budget: total images the client may have answered (None = unlimited).
         rate: requests per second allowed on average (token bucket; None = unlimited).
         burst: bucket size, requests allowed at once (default: ``max(1, ceil(rate))``).
+        trusted: exempt from QUEEN's per-client state (never reversed; :class:`~modelshield.defense.ClientPolicy`).
+        allowance: the client's QUEEN tier: novel in-region queries per class before reversal (None: the
+            server's threshold).
     """
 
     output: str = "probabilities"
     budget: int | None = None
     rate: float | None = None
     burst: int | None = None
+    trusted: bool = False
+    allowance: int | None = None
 
     def __post_init__(self) -> None:
-        if self.output not in OUTPUT_MODES:
-            raise ConfigError(f"client output must be one of {', '.join(OUTPUT_MODES)}, got {self.output!r}")
-        if self.budget is not None and (not isinstance(self.budget, int) or self.budget < 0):
-            raise ConfigError(f"client budget must be an integer >= 0 or None, got {self.budget!r}")
+        self.policy  # noqa: B018 (validates output, budget, trusted and allowance: one rule, ClientPolicy's)
         if self.rate is not None and not (self.rate > 0 and math.isfinite(self.rate)):
             raise ConfigError(f"client rate must be > 0 requests per second or None, got {self.rate!r}")
         if self.burst is not None and (self.rate is None or self.burst < 1):
             raise ConfigError(f"client burst must be >= 1 and needs a rate, got burst {self.burst!r} with rate {self.rate!r}")
+
+    @property
+    def policy(self) -> ClientPolicy:
+        """What :class:`~modelshield.defense.ProtectedModel` enforces for this client (output, budget, QUEEN tier)."""
+        return ClientPolicy(self.output, self.budget, self.trusted, self.allowance)
 
     @property
     def bucket_size(self) -> int | None:

@@ -27,6 +27,7 @@ import torch
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from modelshield.defense.base import Defense
+from modelshield.defense.policy import ClientPolicy
 
 __all__ = ["ActionRecorder", "ServerMetrics"]
 
@@ -97,13 +98,14 @@ class ActionRecorder(Defense):
         self.name = inner.name
         self._local = threading.local()
 
-    def answer(self, x: torch.Tensor, logits: torch.Tensor, features: torch.Tensor, client_id: str) -> torch.Tensor:
+    def answer(self, x: torch.Tensor, logits: torch.Tensor, features: torch.Tensor, client_id: str,
+               policy: ClientPolicy | None = None) -> torch.Tensor:
         decide = getattr(self.inner, "answer_with_decisions", None)
         if decide is None:
-            out = self.inner.answer(x, logits, features, client_id)
+            out = self.inner.answer(x, logits, features, client_id, policy)
             actions = {self.inner.name: int(x.shape[0])}
         else:
-            out, reversed_rows = decide(x, logits, features, client_id)
+            out, reversed_rows = decide(x, logits, features, client_id, policy)
             n_rev = int(reversed_rows.sum())
             actions = {"reversed": n_rev, "perturbed": int(x.shape[0]) - n_rev}
         self._local.actions = actions

@@ -4,6 +4,8 @@
   (in-distribution queries, e.g. 20,000 MNIST images).
 * ``surrogate``: another dataset of the same image shape (MNIST <-> Fashion-MNIST here): all of its
   official training images (train + val + attacker splits).
+* ``noise``: :data:`NOISE_POOL_SIZE` images of uniform random pixels in [0, 1], of the victim's input shape,
+  drawn from ``seed`` (the attacker with no data at all).
 
 The labels of a pool are never given to the attacker; only images.
 
@@ -11,6 +13,9 @@ Example:
     >>> pool = query_pool("digits", "attacker")
     >>> pool.name, tuple(pool.x.shape[1:]), len(pool) > 100
     ('digits/attacker', (1, 8, 8), True)
+    >>> noise = query_pool("digits", "noise")
+    >>> noise.name, len(noise), bool(noise.x.min() >= 0 and noise.x.max() <= 1)
+    ('noise/1x8x8', 20000, True)
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ import torch
 from modelshield.data import load_dataset
 from modelshield.errors import ConfigError
 
-__all__ = ["POOL_KINDS", "SURROGATES", "QueryPool", "query_pool"]
+__all__ = ["NOISE_POOL_SIZE", "POOL_KINDS", "SURROGATES", "QueryPool", "noise_pool", "query_pool"]
 
-POOL_KINDS = ("attacker", "surrogate")
+POOL_KINDS = ("attacker", "surrogate", "noise")
+NOISE_POOL_SIZE = 20_000
 SURROGATES = {"mnist": "fashion-mnist", "fashion-mnist": "mnist"}
 
 
@@ -49,15 +55,32 @@ class QueryPool:
         return int(self.x.shape[0])
 
 
+def noise_pool(shape: tuple[int, int, int], *, size: int = NOISE_POOL_SIZE, seed: int = 0) -> QueryPool:
+    """``size`` images of uniform random pixels in [0, 1] of shape ``(C, H, W)``, named ``noise/CxHxW``.
+
+    Raises:
+        ConfigError: a shape that is not three positive sizes, or ``size < 1``.
+    """
+    dims = tuple(shape)
+    if len(dims) != 3 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dims):
+        raise ConfigError(f"noise pool shape must be (C, H, W) with positive sizes, got {shape!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ConfigError(f"noise pool size must be an integer >= 1, got {size!r}")
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(size, *dims, generator=gen)
+    return QueryPool(x, "noise/" + "x".join(str(d) for d in dims))
+
+
 def query_pool(victim_dataset: str, kind: str, root: str | os.PathLike[str] | None = None,
-               surrogate: str | None = None) -> QueryPool:
-    """The ``attacker`` split of the victim's dataset, or a surrogate dataset's training images.
+               surrogate: str | None = None, seed: int = 0) -> QueryPool:
+    """The ``attacker`` split of the victim's dataset, a surrogate dataset's training images, or noise.
 
     Args:
         victim_dataset: the dataset the victim was trained on.
-        kind: ``attacker`` (alias ``in-distribution``) or ``surrogate``.
+        kind: ``attacker`` (alias ``in-distribution``), ``surrogate`` or ``noise``.
         root: data root.
         surrogate: surrogate dataset name (default: MNIST <-> Fashion-MNIST).
+        seed: the noise pool's seed (other kinds ignore it).
 
     Raises:
         ConfigError: unknown kind, no default surrogate for this dataset, or a surrogate of another shape.
@@ -68,6 +91,8 @@ def query_pool(victim_dataset: str, kind: str, root: str | os.PathLike[str] | No
     bundle = load_dataset(victim_dataset, root)
     if kind == "attacker":
         return QueryPool(bundle.attacker.x, f"{bundle.info.name}/attacker")
+    if kind == "noise":
+        return noise_pool(bundle.info.input_shape, seed=seed)
     other = surrogate or SURROGATES.get(bundle.info.name)
     if other is None:
         raise ConfigError(f"no default surrogate dataset for {bundle.info.name!r}: name one (e.g. --surrogate mnist)")
