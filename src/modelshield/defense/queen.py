@@ -89,8 +89,8 @@ class QueenConfig:
             that use the label; a hard-label pirate then learns from true labels.
         out_of_region: the answer to a query outside its class's sensitive region: ``perturb`` (the paper's
             PERTURB) or a stateless defense applied to those rows only: ``top1``, ``rounding``,
-            ``reverse-sigmoid``, ``gaussian`` (their default settings). All of them keep the top-1 label except
-            ``gaussian``, which may change it.
+            ``reverse-sigmoid``, ``gaussian`` (their default settings). ``top1`` keeps the top-1 label;
+            ``rounding`` keeps it up to ties; ``reverse-sigmoid`` and ``gaussian`` can change it.
         window_seconds: coverage decays over a time window: a client's coverage and recorded points (and the
             pool's) start over when a new window of this many seconds begins (tumbling windows on the
             defense's clock); None keeps them forever (the paper).
