@@ -152,7 +152,7 @@ def _bodies(pool: Any, batch: int, clients: int, per_client: int) -> list[list[b
 def run(ctx: BenchContext) -> SuiteReport:
     """Start each server configuration, load it, and compare QUEEN with the undefended server."""
     from modelshield.defense.queen_fit import fit_queen
-    from modelshield.defense.demo_stage import DEMO_FIT
+    from modelshield.defense.queen_fit import DIGITS_FIT as DEMO_FIT
     from modelshield.models import save_checkpoint
     from modelshield.serve import ClientRegistry, open_state_store
 

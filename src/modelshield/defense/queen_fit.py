@@ -38,7 +38,7 @@ from modelshield.models.checkpoint import state_dict_fingerprint
 from modelshield.models.registry import canonical_model_name
 from modelshield.training import TrainConfig, train_model
 
-__all__ = ["QueenFitConfig", "fit_queen"]
+__all__ = ["DIGITS_FIT", "QueenFitConfig", "fit_queen"]
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,10 @@ def _model_normalization(model: nn.Module, data: TensorData) -> Normalization:
         return Normalization(tuple(mean.flatten().tolist()), tuple(std.flatten().tolist()))
     return Normalization.from_images(data.x)
 
+
+
+# QUEEN fit settings for the bundled 8x8 digits (1,400 training images): the demo's and the serve suite's
+DIGITS_FIT = QueenFitConfig(mapping_epochs=15, mapping_batch_size=256, num_shadows=5, shadow_samples=150, shadow_lr=3e-3)
 
 def fit_queen(model: nn.Module, data: TensorData, *, config: QueenFitConfig | None = None,
               val: TensorData | None = None, progress: bool = False) -> QueenArtifacts:

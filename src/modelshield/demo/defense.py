@@ -13,13 +13,13 @@ from modelshield.defense.metrics import benign_report
 from modelshield.defense.protected import ClientPolicy, ProtectedModel
 from modelshield.defense.queen import QueenConfig, QueenDefense
 from modelshield.defense.queen_artifacts import load_queen_artifacts
-from modelshield.defense.queen_fit import QueenFitConfig, fit_queen
+from modelshield.defense.queen_fit import DIGITS_FIT, fit_queen
 from modelshield.demo.context import DemoContext
 from modelshield.oracle import ModelOracle
 
 __all__ = ["stage"]
 
-DEMO_FIT = QueenFitConfig(mapping_epochs=15, mapping_batch_size=256, num_shadows=5, shadow_samples=150, shadow_lr=3e-3)
+DEMO_FIT = DIGITS_FIT
 DEMO_ONLINE = QueenConfig(novelty_radius=0.001, threshold_queries=5)
 BENIGN_SESSION = 20
 
