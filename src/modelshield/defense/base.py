@@ -7,8 +7,6 @@ Defenses are vectorised over the batch (no per-sample Python loop, no per-sample
 
 Example:
     >>> import torch
-
-from modelshield.defense.policy import ClientPolicy
     >>> from modelshield.defense.baselines import NoDefense
     >>> logits = torch.tensor([[2.0, 0.0]])
     >>> NoDefense().answer(torch.zeros(1, 1, 2, 2), logits, torch.zeros(1, 3), "alice").round(decimals=4).tolist()
@@ -21,6 +19,8 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
+
+from modelshield.defense.policy import ClientPolicy
 
 __all__ = ["Defense"]
 
