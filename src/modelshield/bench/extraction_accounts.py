@@ -262,9 +262,7 @@ def run_accounts(ctx: BenchContext, model: torch.nn.Module, art: QueenArtifacts,
                 "queen-outside-rs": ("queen-outside-rs", None), "queen-outside-rs-tier": ("queen-outside-rs",
                                                                                          ClientPolicy(allowance=allowance))}
     for name, (variant, policy) in policies.items():
-        def honest_cell(variant: str = variant, policy: ClientPolicy | None = None) -> dict[str, Any]:
-            return _honest_sizes(s, variant, policy)
-        honest[name] = ctx.cell(f"accounts/honest/{name}", lambda v=variant, p=policy: honest_cell(v, p), upstream=upstream,
+        honest[name] = ctx.cell(f"accounts/honest/{name}", lambda v=variant, p=policy: _honest_sizes(s, v, p), upstream=upstream,
                                 config={"defense": s.settings(variant), "policy": asdict(policy) if policy else None,
                                         "sizes": HONEST_SIZES, "test": f"{DATASET} test"})
     out["honest"] = honest
