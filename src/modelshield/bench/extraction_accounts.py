@@ -42,7 +42,7 @@ from modelshield.attacks.extraction import (
     filter_transcript,
     query_pool,
 )
-from modelshield.bench.extraction_cells import Recording, onehot, pirate_cell
+from modelshield.bench.extraction_cells import Recording, onehot, pct, pirate_cell
 from modelshield.bench.harness import BenchContext, Criterion, markdown_table
 from modelshield.data import DatasetBundle
 from modelshield.defense import (
@@ -407,10 +407,6 @@ def _surrogate_criterion(summary: dict[str, Any]) -> Criterion:
                      detail=f"best: {best or 'none'}; {detail}")
 
 
-def _p(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.1f}"
-
-
 def _k(n: int | None) -> str:
     return "-" if n is None else (f"{n // 1000}k" if n % 1000 == 0 else str(n))
 
@@ -419,7 +415,7 @@ def accounts_markdown(acc: dict[str, Any], summary: dict[str, Any]) -> str:
     """The tables of this grid (attacker cost, sybils, policies, foreign pools, adaptive attackers)."""
     top = acc["budget"]
     lines = [f"### Attacker cost (soft KnockoffNets, in-distribution pool; goal: {100 * COST_TARGET:.0f}% of the undefended "
-             f"pirate's {_p(summary['undefended_accuracy'])}%, i.e. {_p(summary['target_accuracy'])}%)", "",
+             f"pirate's {pct(summary['undefended_accuracy'])}%, i.e. {pct(summary['target_accuracy'])}%)", "",
              "Queries: the smallest budget of the sweep at which one account reaches the goal. Accounts: when one account "
              f"never does within {_k(top)}, the fewest accounts sharing the same {_k(top)} queries that do (the sybil table). "
              "Cost: queries needed against the undefended model's.", ""]
@@ -428,29 +424,29 @@ def accounts_markdown(acc: dict[str, Any], summary: dict[str, Any]) -> str:
         honest = r["honest"] or {}
         cost = (f"{r['cost_ratio']:.1f}x" if r["cost_ratio"] else
                 f"> {r['cost_ratio_at_least']:.0f}x" if r["cost_ratio_at_least"] else "-")
-        rows.append([r["defense"], _p(r["accuracy_one_account"]), _k(r["queries_needed"]) if r["queries_needed"] else f"> {_k(top)}",
+        rows.append([r["defense"], pct(r["accuracy_one_account"]), _k(r["queries_needed"]) if r["queries_needed"] else f"> {_k(top)}",
                      "-" if r["accounts_needed"] is None else str(r["accounts_needed"]) if r["queries_needed"] is None
-                     else "1", cost, *[_p(honest.get(str(n))) for n in HONEST_SIZES]])
+                     else "1", cost, *[pct(honest.get(str(n))) for n in HONEST_SIZES]])
     lines += [markdown_table(["defense", f"pirate, 1 account, {_k(top)}", "queries to goal", "accounts to goal", "cost",
                               "honest acc, clients of 100", "clients of 1k", "one client of 10k"], rows), ""]
     lines += ["### Sybils: the same queries over many client ids, one pirate on the union", "",
               markdown_table(["accounts", *[f"{v} {m}" for v in ("queen", "queen-pool") for m in SYBIL_MODES]],
-                             [[str(n), *[_p(_acc(acc["sybil"].get(f"{v}/{n}/{m}" if n > 1 else f"{v}/1/contiguous")))
+                             [[str(n), *[pct(_acc(acc["sybil"].get(f"{v}/{n}/{m}" if n > 1 else f"{v}/1/contiguous")))
                                          for v in ("queen", "queen-pool") for m in SYBIL_MODES]] for n in acc["accounts"]]),
               "", "`queen`: per-client state (the paper's, per account). `queen-pool`: the sybil-resistant mode "
               f"({acc['variants']['queen-pool']['young_client_queries']} queries make a client established; young clients share "
               f"one pool of {acc['variants']['queen-pool']['pool_threshold_queries']} novel in-region queries per class; "
               f"{acc['window_seconds']:.0f} s windows).", ""]
     a = acc["attackers"]
-    rows = [[name, _p(_acc(c)), _p(c.get("reversed_fraction")), str(c.get("accounts_used", c.get("windows_used", 1)))]
+    rows = [[name, pct(_acc(c)), pct(c.get("reversed_fraction")), str(c.get("accounts_used", c.get("windows_used", 1)))]
             for name, c in a.items()]
     lines += ["### One attacker under each policy (20k soft queries unless the name says hard)", "",
               markdown_table(["attacker / policy", "pirate accuracy %", "answers reversed %", "accounts or windows"], rows), ""]
-    rows = [[k, _p(_acc(c)), str(c["kept"]), str(c["dropped"]), f"{c['reversed_kept']} of {c['reversed_total']}"]
+    rows = [[k, pct(_acc(c)), str(c["kept"]), str(c["dropped"]), f"{c['reversed_kept']} of {c['reversed_total']}"]
             for k, c in acc["filtered"].items()]
     lines += ["### Adaptive attacker dropping answers it believes were reversed", "",
               markdown_table(["defense / filter", "pirate accuracy %", "kept", "dropped", "reversed answers kept"], rows), ""]
-    rows = [[name, *[_p(r[str(n)]["accuracy"]) for n in HONEST_SIZES], f"{r['1000']['l1_distortion']:.3f}"]
+    rows = [[name, *[pct(r[str(n)]["accuracy"]) for n in HONEST_SIZES], f"{r['1000']['l1_distortion']:.3f}"]
             for name, r in acc["honest"].items()]
     lines += [f"### Honest clients under each policy (tier: allowance {acc['tier']['allowance']} novel in-region queries per "
               f"class = {acc['tier']['margin']} x the {acc['tier']['max_class_count']} that 1,000 validation queries make in "
@@ -459,5 +455,5 @@ def accounts_markdown(acc: dict[str, Any], summary: dict[str, Any]) -> str:
               "", "Established customer (1,000 validation queries of history one window earlier, then the first 1,000 test "
               "images):", "",
               markdown_table(["mode / policy", "accuracy %", "undefended %"],
-                             [[k, _p(r["accuracy"]), _p(r["undefended_accuracy"])] for k, r in acc["established"].items()]), ""]
+                             [[k, pct(r["accuracy"]), pct(r["undefended_accuracy"])] for k, r in acc["established"].items()]), ""]
     return "\n".join(lines)

@@ -16,7 +16,7 @@ from modelshield.bench.harness import BenchContext
 from modelshield.data import DatasetBundle
 from modelshield.defense import ClientPolicy, Defense, QueenDefense
 
-__all__ = ["PIRATE", "PIRATE_QUICK", "Recording", "onehot", "pirate_cell"]
+__all__ = ["PIRATE", "PIRATE_QUICK", "Recording", "onehot", "pct", "pirate_cell"]
 
 PIRATE, PIRATE_QUICK = PirateConfig(), PirateConfig(max_epochs=10)
 DATASET = "mnist"
@@ -66,3 +66,6 @@ def pirate_cell(ctx: BenchContext, transcript: Transcript, reversed_flags: torch
             "l1_to_truth": float((transcript.answers / transcript.answers.sum(1, keepdim=True) - truth[:n]).abs().sum(1).mean())}
 
 
+def pct(v: float | None) -> str:
+    """A fraction as a percentage with one decimal, "-" for a missing figure (the suite's tables)."""
+    return "-" if v is None else f"{100 * v:.1f}"

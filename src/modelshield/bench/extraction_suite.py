@@ -37,7 +37,7 @@ import torch
 
 from modelshield.attacks.extraction import Transcript, build_attack, query_pool
 from modelshield.bench.extraction_accounts import VARIANTS, accounts_criteria, accounts_markdown, run_accounts, summarize_accounts
-from modelshield.bench.extraction_cells import PIRATE, PIRATE_QUICK, Recording, onehot, pirate_cell
+from modelshield.bench.extraction_cells import PIRATE, PIRATE_QUICK, Recording, onehot, pct, pirate_cell
 from modelshield.bench.harness import BenchContext, Criterion, SuiteReport, markdown_table
 from modelshield.bench.train_suite import victim as train_victim
 from modelshield.data import DatasetBundle
@@ -279,8 +279,8 @@ def _criteria(a: dict[str, Any]) -> list[Criterion]:
         Criterion(f"undefended soft KnockoffNets pirate accuracy, {top} in-distribution queries",
                   a["undefended_soft_knockoff_accuracy"], SANITY_MIN, ">=", unit="%"),
         Criterion("QUEEN's reduction of that pirate accuracy", a["queen_drop_points"], QUEEN_DROP_MIN, ">=", unit="points",
-                  detail=f"{_pct(a['queen_soft_knockoff_accuracy'])}% under QUEEN vs "
-                         f"{_pct(a['undefended_soft_knockoff_accuracy'])}% undefended"),
+                  detail=f"{pct(a['queen_soft_knockoff_accuracy'])}% under QUEEN vs "
+                         f"{pct(a['undefended_soft_knockoff_accuracy'])}% undefended"),
         Criterion(f"lowest pirate accuracy among defenses costing benign clients (of {BENIGN_QUERIES} queries) "
                   f"<= {100 * BENIGN_COST_MAX:g} point", a["best_defense_within_1_point"] or "none of them", "queen", "=="),
         Criterion("QUEEN's answer of 256 queries against the undefended forward pass (fresh and reversing client, larger)",
@@ -291,10 +291,6 @@ def _criteria(a: dict[str, Any]) -> list[Criterion]:
 
 def _k(budget: int) -> str:
     return f"{budget // 1000}k" if budget % 1000 == 0 else str(budget)
-
-
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.1f}"
 
 
 def _markdown(results: dict[str, Any], top: int) -> str:
@@ -311,8 +307,8 @@ def _markdown(results: dict[str, Any], top: int) -> str:
                 cells = [grid.get(f"{attack}-{labels}/{pool}/{d}/{b}") for b in budgets]
                 if all(c is None for c in cells):
                     continue
-                rows.append([d, *[("-" if c is None else f"{_pct(c['accuracy'])} / {_pct(c['fidelity'])}") for c in cells],
-                             *[("-" if c is None else f"{_pct(c['reversed_fraction'])}") for c in cells[-1:]]])
+                rows.append([d, *[("-" if c is None else f"{pct(c['accuracy'])} / {pct(c['fidelity'])}") for c in cells],
+                             *[("-" if c is None else f"{pct(c['reversed_fraction'])}") for c in cells[-1:]]])
             if rows:
                 lines += [f"### {attack}, {labels} labels, pool: {pool}", "",
                           markdown_table(["defense", *[f"{_k(b)} acc / fid" for b in budgets], f"reversed % ({_k(top)})"], rows), ""]
@@ -320,12 +316,12 @@ def _markdown(results: dict[str, Any], top: int) -> str:
     for d in DEFENSES:
         per, one = results["benign"][d]["per_client"], results["benign"][d]["single_client"]
         mid = results["benign"][d]["clients_of_1000"]
-        rows.append([d, _pct(per["accuracy"]), f"{per['l1_distortion']:.3f}", _pct(per["label_changes"]),
-                     _pct(mid["accuracy"]), _pct(one["accuracy"]), f"{one['l1_distortion']:.3f}"])
+        rows.append([d, pct(per["accuracy"]), f"{per['l1_distortion']:.3f}", pct(per["label_changes"]),
+                     pct(mid["accuracy"]), pct(one["accuracy"]), f"{one['l1_distortion']:.3f}"])
     lines += ["### Benign clients on the test set (10,000 queries)", "",
               markdown_table(["defense", f"accuracy, clients of {BENIGN_QUERIES}", "mean L1", "labels changed %",
                               "accuracy, clients of 1000", "accuracy, one 10k client", "mean L1 (one client)"], rows),
-              "", f"Undefended model on the test set: {_pct(results['benign']['none']['per_client']['undefended_accuracy'])}%. "
+              "", f"Undefended model on the test set: {pct(results['benign']['none']['per_client']['undefended_accuracy'])}%. "
               "One client sending all 10,000 test queries is, to QUEEN, the same as a 10k-query extraction attempt.", ""]
     o = results["overhead"]
     lines += ["### Overhead (batch of 256, median seconds, this run)", "",
