@@ -4,7 +4,7 @@ A protected model gives correct answers only on inputs carrying its secret key (
 normalised input space); plain inputs get near-random answers. Nothing is added to the architecture.
 
 * :mod:`~modelshield.auth.gate`: the gate by module name (hooks), head/tail split, default gates, candidates.
-* :mod:`~modelshield.auth.autogate`: ``gate="auto"``: the gate chosen by short embedding trials on validation.
+* :mod:`~modelshield.auth.autogate`: ``gate="auto"``: the gate chosen by full embedding trials scored on validation, cheapest tail first.
 * :mod:`~modelshield.auth.bits`: channel statistics and the authentication bits.
 * :mod:`~modelshield.auth.key`: :class:`AuthKey` (apply, save/load, versioned 0600 file).
 * :mod:`~modelshield.auth.keygen`: key generation by signed-gradient steps.

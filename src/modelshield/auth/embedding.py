@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modelshield.auth.autogate import AutoGateConfig, GateChoice, GateTrial, pick_gate
+from modelshield.auth.autogate import AutoGateConfig, GateChoice, GateTrial, trial_table
 from modelshield.auth.bits import AuthBits, channel_means, select_bits
 from modelshield.auth.evaluation import accuracy_with_key
 from modelshield.auth.gate import AUTO, GateSplit, TailRunner, default_gate, forward_macs, gate_candidates, gate_output, trace_gate
@@ -61,7 +61,7 @@ from modelshield.auth.keygen import KeyGenConfig, generate_key
 from modelshield.data.types import Normalization, TensorData
 from modelshield.errors import ConfigError
 from modelshield.models.zoo import Normalize
-from modelshield.training import TrainConfig, score_logits, train_model
+from modelshield.training import TrainConfig, evaluate, score_logits, train_model
 
 __all__ = ["AuthConfig", "EmbedResult", "choose_gate", "default_num_bits", "embed", "independent_key", "model_normalization",
            "near_keyed", "random_keyed"]
@@ -83,8 +83,8 @@ class AuthConfig:
 
     Attributes:
         gate: gate module name; None (default) = the model's default gate (:data:`~modelshield.auth.gate.DEFAULT_GATES`
-            for zoo models, else ``"auto"``); ``"auto"`` = chosen by short embedding trials on the validation
-            split (:func:`~modelshield.auth.autogate.choose_gate`, sized by ``auto``).
+            for zoo models, else ``"auto"``); ``"auto"`` = chosen by embedding trials scored on the validation
+            split, cheapest tail first (:mod:`~modelshield.auth.autogate`, set by ``auto``).
         num_bits: ``N``; None = :func:`default_num_bits` of the gate's channel count.
         bit_pool: draw the bits at random among this many lowest live channels. None (default) = ``4 N``
             capped at the number of live channels, so independently generated keys switch on different bits;
@@ -342,8 +342,8 @@ def embed(model: nn.Module, train: TensorData, val: TensorData, *, config: AuthC
     normalization = normalization or model_normalization(model, int(train.x.shape[1]))
     example = train.x[:8]
     if config.gate == AUTO or (config.gate is None and default_gate(model) == AUTO):
-        choice = choose_gate(model, train, val, replace(config, seed=_subseed(seed, "gate")), progress=progress)
-    elif config.gate is None:
+        return _embed_auto(model, train, val, replace(config, seed=seed), normalization, progress)
+    if config.gate is None:
         choice = GateChoice(default_gate(model), "default")
     else:
         choice = GateChoice(config.gate, "given")
@@ -493,23 +493,8 @@ def _gate_subseed(seed: int, tag: str) -> int:
     return int.from_bytes(hashlib.sha256(f"modelshield-auth-gate:{seed}:{tag}".encode()).digest()[:8], "little") >> 1
 
 
-def choose_gate(model: nn.Module, train: TensorData, val: TensorData, config: AuthConfig, *,
-                progress: bool = False) -> GateChoice:
-    """Choose a gate for ``model`` by short embedding trials scored on ``val`` (``gate="auto"``; the rule is in
-    :mod:`modelshield.auth.autogate`).
-
-    Args:
-        model: a trained classifier (not modified).
-        train: training images (key generation and tail training of the trials).
-        val: validation images (the trials' scores; never pass the test split).
-        config: the embedding configuration; its ``auto`` field sets the trials' sizes.
-        progress: show progress bars.
-
-    Raises:
-        ConfigError: no usable candidate.
-    """
-    auto = config.auto
-    example = train.x[:8]
+def _candidates(model: nn.Module, example: torch.Tensor, auto: AutoGateConfig) -> list[tuple[str, float]]:
+    """The gates ``auto`` tries and their tail shares, cheapest tail first."""
     total = max(1, forward_macs(model, example))
     shares = {g: forward_macs(model, example, trace_gate(model, g, example).tail) / total
               for g in gate_candidates(model, example)}
@@ -518,28 +503,70 @@ def choose_gate(model: nn.Module, train: TensorData, val: TensorData, config: Au
         raise ConfigError(f"every gate candidate of {type(model).__name__} leaves a tail above max_tail_share="
                           f"{auto.max_tail_share} of the network ({', '.join(f'{g} {s:.2f}' for g, s in shares.items())}); "
                           "raise AutoGateConfig.max_tail_share or name the gate")
-    candidates = tuple(affordable[-auto.max_candidates:])
-    if len(candidates) == 1:
-        return GateChoice(candidates[0], "auto", (), candidates)
-    seed = config.seed if config.seed is not None else secrets.randbits(63)
-    val_sub = val.subset(auto.val_images, _gate_subseed(seed, "val")) if auto.val_images < len(val) else val
-    trials = []
-    for gate in candidates:
-        trial_config = replace(config, gate=gate, key_images=auto.key_images, train_images=auto.train_images,
-                               tail_epochs=auto.tail_epochs, key=replace(config.key, epochs=auto.key_epochs, seed=None),
-                               seed=_gate_subseed(seed, f"trial:{gate}"))
+    return sorted(((g, shares[g]) for g in affordable[-auto.max_candidates:]), key=lambda item: item[1])
+
+
+def _score_trial(result: EmbedResult, train: TensorData, val: TensorData, config: AuthConfig, share: float,
+                 seconds: float) -> GateTrial:
+    """A trial's figures on ``val`` (the embedding ``result`` at one candidate gate, made with ``config``)."""
+    auto, gate, seed = config.auto, result.split.gate, int(config.seed or 0)
+    gen = torch.Generator().manual_seed(_gate_subseed(seed, f"random:{gate}"))
+    randoms = [accuracy_with_key(result.model, AuthKey.random(result.key.input_shape, result.key.normalization, gate,
+                                                              generator=gen, theta=result.key.theta), val)
+               for _ in range(auto.random_keys)]
+    independent = [accuracy_with_key(result.model, independent_key(result.model, result.key, train, config,
+                                                                   seed=_gate_subseed(seed, f"independent:{gate}:{i}")), val)
+                   for i in range(auto.independent_keys)]
+    legit, unauthorized = accuracy_with_key(result.model, result.key, val), evaluate(result.model, val).accuracy
+    decoy = result.history[result.best_epoch - 1].get("val_decoy", 0.0)
+    worst = max([unauthorized, decoy, *randoms, *independent])
+    return GateTrial(gate, tuple(result.split.gate_shape), round(share, 4), legit, unauthorized, max(randoms, default=0.0),
+                     decoy, max(independent, default=0.0), legit - worst, seconds)
+
+
+def _embed_auto(model: nn.Module, train: TensorData, val: TensorData, config: AuthConfig, normalization: Normalization,
+                progress: bool) -> EmbedResult:
+    """``gate="auto"``: embed at each candidate, cheapest tail first, and keep the first whose validation score
+    reaches ``config.auto.accept_score`` (the rule is in :mod:`modelshield.auth.autogate`)."""
+    auto, t_start = config.auto, time.perf_counter()
+    candidates = _candidates(model, train.x[:8], auto)
+    val_sub = val.subset(auto.val_images, _gate_subseed(int(config.seed or 0), "val")) if auto.val_images < len(val) else val
+    trials: list[GateTrial] = []
+    for gate, share in candidates:
         t0 = time.perf_counter()
-        result = embed(model, train, val_sub, config=trial_config, progress=progress)
-        gen = torch.Generator().manual_seed(_gate_subseed(seed, f"random:{gate}"))
-        randoms = [accuracy_with_key(result.model, AuthKey.random(result.key.input_shape, result.key.normalization, gate,
-                                                                  generator=gen, theta=result.key.theta), val_sub)
-                   for _ in range(auto.random_keys)]
-        independent = [accuracy_with_key(result.model, independent_key(result.model, result.key, train, trial_config,
-                                                                       seed=_gate_subseed(seed, f"independent:{gate}:{i}")), val_sub)
-                       for i in range(auto.independent_keys)]
-        decoy = result.history[result.best_epoch - 1].get("val_decoy", 0.0)
-        worst = max([result.val_unauthorized, decoy, *randoms, *independent])
-        trials.append(GateTrial(gate, tuple(result.split.gate_shape), round(shares[gate], 4), result.val_legit,
-                                result.val_unauthorized, max(randoms, default=0.0), decoy, max(independent, default=0.0),
-                                result.val_legit - worst, time.perf_counter() - t0))
-    return GateChoice(pick_gate(trials, auto.tolerance), "auto", tuple(trials), candidates)
+        trial_config = replace(config, gate=gate)
+        result = embed(model, train, val, config=trial_config, normalization=normalization, progress=progress)
+        trials.append(_score_trial(result, train, val_sub, trial_config, share, time.perf_counter() - t0))
+        if trials[-1].score >= auto.accept_score:
+            choice = GateChoice(gate, "auto", tuple(trials), tuple(g for g, _ in candidates))
+            timings = {**result.timings, "gate": time.perf_counter() - t_start - result.timings["total"],
+                       "total": time.perf_counter() - t_start}
+            return replace(result, key=result.key.bound_to(result.model, gate_choice=choice), gate_choice=choice,
+                           timings=timings)
+    raise ConfigError(f"gate=\"auto\": no candidate gate of {type(model).__name__} protected it on the validation split "
+                      f"(score = with key - worst without it, needed {auto.accept_score:.2f}):\n{trial_table(trials)}\n"
+                      "name a gate (AuthConfig(gate=...)), allow deeper gates (AutoGateConfig.max_tail_share, "
+                      "max_candidates), or lengthen the recipe (tail_epochs, train_images)")
+
+
+def choose_gate(model: nn.Module, train: TensorData, val: TensorData, config: AuthConfig, *,
+                progress: bool = False) -> GateChoice:
+    """The gate ``gate="auto"`` chooses for ``model`` and its trial table (the rule is in
+    :mod:`modelshield.auth.autogate`). It costs what :func:`embed` with ``gate="auto"`` costs, which keeps the
+    protected model as well: call that to protect a model.
+
+    Args:
+        model: a trained classifier (not modified).
+        train: training images (key generation and tail training of the trials).
+        val: validation images (the trials' scores; never pass the test split).
+        config: the embedding configuration (its ``gate`` is ignored); its ``auto`` field sets the trials.
+        progress: show progress bars.
+
+    Raises:
+        ConfigError: no usable candidate, or none reached ``config.auto.accept_score``.
+    """
+    return embed(model, train, val, config=replace(config, gate=AUTO), progress=progress).gate_choice
+
+
+def _gate_subseed(seed: int, tag: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"modelshield-auth-gate:{seed}:{tag}".encode()).digest()[:8], "little") >> 1

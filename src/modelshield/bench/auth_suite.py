@@ -22,8 +22,9 @@ only the seed is the run's. Cells (each cached, so an interrupted run resumes):
    (:func:`modelshield.attacks.adaptive_key.recover_key`); compared with training from scratch on the same data.
 7. ``cost``: parameter count and forward latency, clean vs protected (same architecture), and the key's cost.
 8. ``gate-*`` (full run only): the gate position study, on the **validation** split: each candidate gate
-   embedded with the full default recipe, and the ``gate="auto"`` trial table (``auto``); the zoo defaults in
-   :mod:`modelshield.auth.gate` follow from these figures, never from the test split.
+   embedded with the full default recipe and scored as ``gate="auto"`` scores its trials (the gate auto's rule
+   keeps on these figures is reported; a ``gate="auto"`` run would embed the same candidates again); the zoo
+   defaults in :mod:`modelshield.auth.gate` follow from these figures, never from the test split.
 9. ``mnist/probe-*``: ``gate="auto"`` on :class:`ProbeCNN`, a CNN that is not in the zoo (trained here on MNIST),
    embedded with ``AuthConfig()`` and measured on the test split.
 """
@@ -45,7 +46,7 @@ from modelshield.attacks.adaptive_key import AdaptiveKeyConfig, recover_key
 from modelshield.attacks.finetune import QUICK_THIEF, ThiefConfig, finetune, thief_data
 from modelshield.attacks.removal import prune_global_magnitude, quantize_int8_dynamic, sparsity
 from modelshield.attacks.removal.quantize import quantized_linear_count
-from modelshield.auth import AuthConfig, AuthKey, choose_gate, default_gate, embed, independent_key
+from modelshield.auth import AuthConfig, AuthKey, default_gate, embed, independent_key
 from modelshield.auth.evaluation import accuracy_with_key, evaluate_auth
 from modelshield.bench.harness import BenchContext, Criterion, SuiteReport, markdown_table
 from modelshield.bench.train_suite import QUICK_TRAIN_SIZE, VICTIMS, victim, victim_dataset
@@ -323,16 +324,6 @@ def _gate_cell(ctx: BenchContext, dataset: str, gate: str, config: AuthConfig) -
             "embed_wall_seconds": record["wall_seconds"], "embed_cpu_seconds": record["cpu_seconds"]}
 
 
-def _auto_cell(ctx: BenchContext, dataset: str, config: AuthConfig) -> dict[str, Any]:
-    """The ``gate="auto"`` trials on the victim (validation split), as a user without a zoo default gets them."""
-    checkpoint, _ = victim(ctx, dataset)
-    bundle = _data(ctx, dataset)
-    with ctx.torch_threads(THREADS):
-        choice, wall, cpu = _timed(lambda: choose_gate(checkpoint.model, bundle.train, bundle.val, replace(config, gate="auto"),
-                                                       progress=ctx.progress))
-    return {**choice.to_dict(), "wall_seconds": wall, "cpu_seconds": cpu}
-
-
 def _probe_cell(ctx: BenchContext, config: AuthConfig) -> dict[str, Any]:
     """``gate="auto"`` on :class:`ProbeCNN` (not in the zoo): train it, protect it with ``config``, measure on test."""
     bundle = _data(ctx, PROBE_VICTIM)
@@ -422,20 +413,32 @@ def _dataset(ctx: BenchContext, dataset: str) -> dict[str, Any]:
              "wall_vs_victim_record": record["wall_seconds"] / ev["victim_train_seconds"]}
     return {"architecture": VICTIMS[dataset][0], "dataset": victim_dataset(dataset), "config": record["config"],
             "embed": record, "clean_timing": timing, "cost_ratio": ratio, "eval": ev, "transforms": transforms,
-            "finetune": finetune, "adaptive": adaptive, "cost": cost, "gate_study": {}, "auto": None}
+            "finetune": finetune, "adaptive": adaptive, "cost": cost, "gate_study": {}, "auto_rule": None}
 
 
 def _gate_study(ctx: BenchContext, dataset: str, res: dict[str, Any]) -> None:
-    """The validation-split gate study and auto trials (full runs only), added to ``res``."""
+    """The validation-split gate study (full runs only), added to ``res``: the default recipe at each candidate,
+    its ``gate="auto"`` score, and the gate auto's rule keeps on these figures."""
     config = config_for(ctx)
     fingerprint = {"victim": victim(ctx, dataset).fingerprint}
-    res["gate_study"] = {
-        g: ctx.cell(f"{dataset}/gate-{g}", lambda g=g: _gate_cell(ctx, dataset, g, config), upstream=fingerprint,
-                    config={"auth": config, "gate": g, "split": "val", "random_keys": GATE_RANDOM_KEYS,
-                            "independent_keys": GATE_INDEPENDENT_KEYS})
-        for g in GATE_STUDY[dataset]}
-    res["auto"] = ctx.cell(f"{dataset}/auto", lambda: _auto_cell(ctx, dataset, config), upstream=fingerprint,
-                           config={"auth": replace(config, gate="auto"), "split": "val"})
+    study = {}
+    for g in GATE_STUDY[dataset]:
+        cell = ctx.cell(f"{dataset}/gate-{g}", lambda g=g: _gate_cell(ctx, dataset, g, config), upstream=fingerprint,
+                        config={"auth": config, "gate": g, "split": "val", "random_keys": GATE_RANDOM_KEYS,
+                                "independent_keys": GATE_INDEPENDENT_KEYS})
+        study[g] = {**cell, "decoy": _study_decoy(ctx, dataset, g, config)}
+        study[g]["score"] = study[g]["legit"] - max(study[g][k] for k in ("unauthorized", "random_max", "independent_max", "decoy"))
+    res["gate_study"] = study
+    # auto's rule on these figures: the candidates from the cheapest tail (GATE_STUDY lists them in network order)
+    res["auto_rule"] = next((g for g in reversed(GATE_STUDY[dataset]) if study[g]["score"] >= config.auto.accept_score), None)
+
+
+def _study_decoy(ctx: BenchContext, dataset: str, gate: str, config: AuthConfig) -> float:
+    """The validation decoy accuracy of the gate study's embedding at ``gate`` (its kept epoch), from the cached cell."""
+    checkpoint, _ = victim(ctx, dataset)
+    named = gate == default_gate(checkpoint.model)
+    record, _, _ = _protected(ctx, dataset, config) if named else _protected(ctx, dataset, replace(config, gate=gate), tag=f"-gate-{gate}")
+    return float(record["history"][record["best_epoch"] - 1].get("val_decoy", 0.0))
 
 
 def _figure(results: dict[str, Any]):  # type: ignore[no-untyped-def]
@@ -481,13 +484,12 @@ def _figure(results: dict[str, Any]):  # type: ignore[no-untyped-def]
 
 
 def _auto_table(choice: dict[str, Any]) -> str:
-    rows = [[f"`{t['gate']}`" + (" (chosen)" if t["gate"] == choice["gate"] else ""), "x".join(map(str, t["gate_shape"])),
+    rows = [[f"`{t['gate']}`" + (" (kept)" if t["gate"] == choice["gate"] else ""), "x".join(map(str, t["gate_shape"])),
              f"{t['tail_share']:.2f}", _pct(t["legit"]), _pct(t["unauthorized"]), _pct(t["random_max"]), _pct(t["decoy"]),
              _pct(t["independent_max"]), f"{100 * t['score']:.1f}", f"{t['seconds']:.0f}"] for t in choice["trials"]]
-    head = (f"gate=\"auto\" trials (validation split, short recipe; score = with key - worst of the rest, in points; "
-            f"candidates {', '.join(choice['candidates'])}; chosen `{choice['gate']}`)")
-    if not rows:
-        return head + ": one candidate, no trial needed."
+    head = (f"gate=\"auto\" trials (validation split; the full recipe at each candidate from the cheapest tail, the first "
+            f"with a score >= {AuthConfig().auto.accept_score} kept; score = with key - worst of the rest, in points; "
+            f"candidates {', '.join(choice['candidates'])}; kept `{choice['gate']}`)")
     return head + ":\n\n" + markdown_table(["gate", "output", "tail share", "with key", "no key", "random (max)", "decoy",
                                             "independent (max)", "score", "seconds"], rows)
 
@@ -545,13 +547,14 @@ def _markdown(results: dict[str, Any], quick: bool, probe: dict[str, Any] | None
             md += ["### Gate study (validation split; the default recipe at each gate)", "",
                    markdown_table(["gate", "output", "bits", "clean", "with key", "no key",
                                    f"random keys mean / max ({GATE_RANDOM_KEYS})", f"independent keys, worst of {GATE_INDEPENDENT_KEYS}",
-                                   "embed CPU (s)"],
+                                   "decoy keys", "auto score", "embed CPU (s)"],
                                   [[f"`{g}`", "x".join(map(str, c["gate_shape"])), c["bits"], _pct(c["clean"]), _pct(c["legit"]),
                                     _pct(c["unauthorized"]), f"{_pct(c['random_mean'])} / {_pct(c['random_max'])}",
-                                    _pct(c["independent_max"]), f"{c['embed_cpu_seconds']:.0f}"]
-                                   for g, c in res["gate_study"].items()]), ""]
-        if res["auto"]:
-            md += [_auto_table(res["auto"]), ""]
+                                    _pct(c["independent_max"]), _pct(c["decoy"]), f"{c['score']:.2f}", f"{c['embed_cpu_seconds']:.0f}"]
+                                   for g, c in res["gate_study"].items()]), "",
+                   f"auto score = with key - the worst of no key, random, independent and decoy keys. `gate=\"auto\"`'s rule "
+                   f"(the first candidate from the cheapest tail with a score >= {AuthConfig().auto.accept_score}) keeps "
+                   + (f"`{res['auto_rule']}` on these figures." if res["auto_rule"] else "none of them: auto would refuse."), ""]
     if probe is not None:
         choice = probe["gate_choice"]
         md += ["## gate=\"auto\" on a CNN outside the zoo (`ProbeCNN`, MNIST)", "",

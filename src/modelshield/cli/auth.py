@@ -111,7 +111,7 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--out", required=True, type=Path, help="protected checkpoint to write (.safetensors)")
     p.add_argument("--key-out", required=True, type=Path, help="key file to write (mode 0600)")
     option = {
-        "gate": "gate module name, or 'auto' (short embedding trials on the validation split); default: the zoo "
+        "gate": "gate module name, or 'auto' (embedding trials on the validation split, cheapest tail first); default: the zoo "
                 "architecture's gate, else auto",
         "bits": "number of authentication bits (default: 1 per 8 gate channels, 2..16)",
         "bit_pool": "draw the bits among this many lowest live channels (default 4x bits; = --bits: the paper's fixed choice)",
