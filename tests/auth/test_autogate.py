@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from modelshield.auth import (AuthConfig, AuthKey, AutoGateConfig, GateChoice, GateTrial, KeyGenConfig, choose_gate, embed,
+from modelshield.auth import (AuthConfig, AuthKey, AutoGateConfig, GateChoice, GateTrial, KeyGenConfig, embed,
                               evaluate_auth)
 from modelshield.auth.autogate import trial_table
 from modelshield.data import make_synthetic

@@ -567,6 +567,3 @@ def choose_gate(model: nn.Module, train: TensorData, val: TensorData, config: Au
     """
     return embed(model, train, val, config=replace(config, gate=AUTO), progress=progress).gate_choice
 
-
-def _gate_subseed(seed: int, tag: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"modelshield-auth-gate:{seed}:{tag}".encode()).digest()[:8], "little") >> 1
