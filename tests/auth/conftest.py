@@ -35,6 +35,7 @@ def protected() -> Protected:
     train, val, test = full[torch.arange(1200)], full[torch.arange(1200, 1500)], full[torch.arange(1500, 2000)]
     clean = tiny_cnn()
     train_model(clean, train, config=TrainConfig(epochs=5, batch_size=64, lr=3e-3), progress=False)
-    config = AuthConfig(tail_epochs=25, tail_lr=3e-3, tail_batch_size=128, decoy_keys=1, seed=0, key=KeyGenConfig(seed=0))
+    # gate "2" named: a single-candidate auto would run a scored trial of the same embedding on top
+    config = AuthConfig(gate="2", tail_epochs=25, tail_lr=3e-3, tail_batch_size=128, decoy_keys=1, seed=0, key=KeyGenConfig(seed=0))
     result = embed(clean, train, val, config=config, progress=False)
     return Protected(clean, result, train, val, test)

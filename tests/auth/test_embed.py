@@ -96,7 +96,7 @@ def test_seeded_embedding_is_deterministic() -> None:
     from modelshield.data import make_synthetic
 
     data = make_synthetic(80, num_classes=3, image_size=12, seed=2)
-    config = AuthConfig(tail_epochs=1, decoy_keys=1, num_bits=1, seed=5, key=KeyGenConfig(seed=5))
+    config = AuthConfig(gate="2", tail_epochs=1, decoy_keys=1, num_bits=1, seed=5, key=KeyGenConfig(seed=5))
     a = embed(tiny_cnn(classes=3), data[torch.arange(60)], data[torch.arange(60, 80)], config=config, progress=False)
     torch.manual_seed(0)
     model = tiny_cnn(classes=3)
@@ -159,7 +159,7 @@ def test_distillation_runs_end_to_end_and_validates() -> None:
     from modelshield.data import make_synthetic
 
     data = make_synthetic(80, num_classes=4, image_size=12, seed=1)
-    config = AuthConfig(tail_epochs=1, decoy_keys=1, distill=0.5, seed=0, key=KeyGenConfig(epochs=1, seed=0))
+    config = AuthConfig(gate="2", tail_epochs=1, decoy_keys=1, distill=0.5, seed=0, key=KeyGenConfig(epochs=1, seed=0))
     result = embed(tiny_cnn(), data[torch.arange(64)], data[torch.arange(64, 80)], config=config, progress=False)
     assert torch.isfinite(torch.tensor(result.history[0]["loss"]))
     with pytest.raises(ConfigError, match="distill"):
