@@ -306,13 +306,17 @@ def _cost_cell(ctx: BenchContext, dataset: str, model: torch.nn.Module, key: Aut
             "latency_protected_with_key_ms": 1000 * statistics.median(lat_key), "batch": len(x)}
 
 
+def _study_protected(ctx: BenchContext, dataset: str, gate: str, config: AuthConfig) -> tuple[dict[str, Any], torch.nn.Module, AuthKey]:
+    """The gate study's embedding at ``gate``: the main embed cell at the zoo default gate, else its own cell."""
+    if gate == default_gate(victim(ctx, dataset)[0].model):
+        return _protected(ctx, dataset, config)
+    return _protected(ctx, dataset, replace(config, gate=gate), tag=f"-gate-{gate}")
+
+
 def _gate_cell(ctx: BenchContext, dataset: str, gate: str, config: AuthConfig) -> dict[str, Any]:
     """One gate of the study: the default recipe at ``gate``, measured on the validation split."""
     checkpoint, _ = victim(ctx, dataset)
-    if gate == default_gate(checkpoint.model):
-        record, model, key = _protected(ctx, dataset, config)
-    else:
-        record, model, key = _protected(ctx, dataset, replace(config, gate=gate), tag=f"-gate-{gate}")
+    record, model, key = _study_protected(ctx, dataset, gate, config)
     val = _data(ctx, dataset).val
     with ctx.torch_threads(THREADS):
         report = evaluate_auth(model, key, val, random_keys=GATE_RANDOM_KEYS, seed=ctx.seed + 1)
@@ -435,9 +439,7 @@ def _gate_study(ctx: BenchContext, dataset: str, res: dict[str, Any]) -> None:
 
 def _study_decoy(ctx: BenchContext, dataset: str, gate: str, config: AuthConfig) -> float:
     """The validation decoy accuracy of the gate study's embedding at ``gate`` (its kept epoch), from the cached cell."""
-    checkpoint, _ = victim(ctx, dataset)
-    named = gate == default_gate(checkpoint.model)
-    record, _, _ = _protected(ctx, dataset, config) if named else _protected(ctx, dataset, replace(config, gate=gate), tag=f"-gate-{gate}")
+    record, _, _ = _study_protected(ctx, dataset, gate, config)
     return float(record["history"][record["best_epoch"] - 1].get("val_decoy", 0.0))
 
 
