@@ -14,15 +14,15 @@ from modelshield.models import build_model
 from .conftest import tiny_cnn
 
 
-def test_resnet20_has_no_fixed_default_so_auto_chooses() -> None:
-    # body.layer3 (pooling + classifier as the tail) gave no protection; no fixed gate is validated yet
-    assert default_gate(build_model("resnet20", in_channels=1, image_size=16, num_classes=5)) == "auto"
+@pytest.mark.parametrize(("arch", "gate"), [("lenet5", "body.pool1"), ("vgg", "body.block2"), ("resnet20", "body.layer3.0")])
+def test_every_zoo_model_has_a_fixed_default_gate(arch: str, gate: str) -> None:
+    # ResNet-20: body.layer3.0 protected on validation; its former body.layer3 (pooling + classifier) did not
+    assert default_gate(build_model(arch, in_channels=1, image_size=16, num_classes=5)) == gate
 
 
-@pytest.mark.parametrize(("arch", "gate"), [("lenet5", "body.pool1"), ("vgg", "body.block2"), ("resnet20", "body.layer3.1")])
+@pytest.mark.parametrize(("arch", "gate"), [("lenet5", "body.pool1"), ("vgg", "body.block2"), ("resnet20", "body.layer3.0"), ("resnet20", "body.layer3.1")])
 def test_zoo_gates_split_cleanly(arch: str, gate: str) -> None:
     model = build_model(arch, in_channels=1, image_size=16, num_classes=5)
-    assert default_gate(model) in (gate, "auto")
     split = trace_gate(model, gate, torch.rand(3, 1, 16, 16))
     assert split.cacheable
     assert "classifier" in split.tail and "normalize" in split.head
