@@ -87,3 +87,17 @@ def test_the_probe_cnn_is_outside_the_zoo_so_auto_chooses_its_gate() -> None:
     model = auth_suite.ProbeCNN()
     assert default_gate(model) == "auto"
     assert gate_candidates(model, torch.rand(2, 1, 28, 28)) == ("block1", "block2", "block3")
+
+
+def test_victim_selection_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelshield.errors import ConfigError
+
+    monkeypatch.delenv(auth_suite.THIEF_ENV, raising=False)
+    assert auth_suite._selected(auth_suite.THIEF_ENV) == auth_suite.DATASETS  # unset: every victim
+    monkeypatch.setenv(auth_suite.THIEF_ENV, "mnist, fashion-mnist")
+    assert auth_suite._selected(auth_suite.THIEF_ENV) == ("mnist", "fashion-mnist")
+    monkeypatch.setenv(auth_suite.THIEF_ENV, "none")
+    assert auth_suite._selected(auth_suite.THIEF_ENV) == ()
+    monkeypatch.setenv(auth_suite.DATASETS_ENV, "mnist,resnet")
+    with pytest.raises(ConfigError, match="resnet; choose from"):
+        auth_suite._selected()

@@ -59,6 +59,9 @@ __all__ = ["ProbeCNN", "config_for", "run"]
 
 DATASETS = ("mnist", "fashion-mnist", "resnet20-fashion-mnist")  # victim names (train_suite.VICTIMS)
 DATASETS_ENV = "MODELSHIELD_AUTH_DATASETS"
+# the victims that get the thief cells (finetune-*, adaptive-*; default: all). On the VGG and ResNet-20 they take
+# about an hour of one core each (9 fine-tuning runs of 15 epochs and 2 key searches); "none" skips them
+THIEF_ENV = "MODELSHIELD_AUTH_THIEF"
 OFFICIAL_TRAIN = 60_000
 THREADS = 1  # one thread: two OpenMP threads spin against other jobs on a shared 2-core machine and run many times slower
 TIMING_EPOCHS = 2
@@ -406,6 +409,20 @@ def _dataset(ctx: BenchContext, dataset: str) -> dict[str, Any]:
     transforms = _transform_cells(ctx, dataset, model, key)
     cost = ctx.cell(f"{dataset}/cost", lambda: _cost_cell(ctx, dataset, model, key), upstream=upstream,
                     config={"batch": LATENCY_BATCH, "repeats": LATENCY_REPEATS, "rounds": LATENCY_ROUNDS})
+    if dataset not in _selected(THIEF_ENV):
+        finetune, adaptive = {}, {}
+    else:
+        finetune, adaptive = _thief_cells(ctx, dataset, model, key, upstream)
+    ratio = {"wall": record["wall_seconds"] / timing["wall_seconds"], "cpu": record["cpu_seconds"] / timing["cpu_seconds"],
+             "wall_vs_victim_record": record["wall_seconds"] / ev["victim_train_seconds"]}
+    return {"architecture": VICTIMS[dataset][0], "dataset": victim_dataset(dataset), "config": record["config"],
+            "embed": record, "clean_timing": timing, "cost_ratio": ratio, "eval": ev, "transforms": transforms,
+            "finetune": finetune, "adaptive": adaptive, "cost": cost, "gate_study": {}, "auto_rule": None}
+
+
+def _thief_cells(ctx: BenchContext, dataset: str, model: torch.nn.Module, key: AuthKey,
+                 upstream: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The thief with a little data: the ``finetune-*`` and ``adaptive-*`` cells of one victim."""
     budget = QUICK_BUDGET if ctx.quick else BUDGET
     finetune = {f"{f:.2f}": ctx.cell(f"{dataset}/finetune-{f:.2f}", lambda f=f: _finetune_cell(ctx, dataset, model, key, f),
                                      config={"fraction": f, "fractions_of": OFFICIAL_TRAIN, "budget": budget}, upstream=upstream)
@@ -415,11 +432,7 @@ def _dataset(ctx: BenchContext, dataset: str) -> dict[str, Any]:
                                      config={"fraction": f, "fractions_of": OFFICIAL_TRAIN, "attack": adaptive_config},
                                      upstream=upstream)
                 for f in (QUICK_ADAPTIVE if ctx.quick else ADAPTIVE)}
-    ratio = {"wall": record["wall_seconds"] / timing["wall_seconds"], "cpu": record["cpu_seconds"] / timing["cpu_seconds"],
-             "wall_vs_victim_record": record["wall_seconds"] / ev["victim_train_seconds"]}
-    return {"architecture": VICTIMS[dataset][0], "dataset": victim_dataset(dataset), "config": record["config"],
-            "embed": record, "clean_timing": timing, "cost_ratio": ratio, "eval": ev, "transforms": transforms,
-            "finetune": finetune, "adaptive": adaptive, "cost": cost, "gate_study": {}, "auto_rule": None}
+    return finetune, adaptive
 
 
 def _gate_study(ctx: BenchContext, dataset: str, res: dict[str, Any]) -> None:
@@ -472,6 +485,10 @@ def _figure(results: dict[str, Any]):  # type: ignore[no-untyped-def]
         ax.legend(fontsize=8)
         ax.set_title("pruning and quantization")
         ax = axes[row][2]
+        if not res["finetune"]:
+            ax.set_axis_off()
+            ax.set_title("thief with a little data: not run")
+            continue
         fr = sorted(res["finetune"], key=float)
         xs = [100 * float(f) for f in fr]
         ax.plot(xs, [100 * res["finetune"][f]["protected_finetuned"] for f in fr], "o-", label="fine-tuned protected (no key)")
@@ -496,6 +513,19 @@ def _auto_table(choice: dict[str, Any]) -> str:
             f"candidates {', '.join(choice['candidates'])}; kept `{choice['gate']}`)")
     return head + ":\n\n" + markdown_table(["gate", "output", "tail share", "with key", "no key", "random (max)", "decoy",
                                             "independent (max)", "score", "seconds"], rows)
+
+
+def _thief_markdown(res: dict[str, Any]) -> list[str]:
+    """The thief-with-a-little-data tables of one victim."""
+    return ["### Thief with a little data (same budget for every row of a fraction)", "",
+            markdown_table(["thief's data", "fine-tuned protected, no key", "... with the key", "from scratch", "fine-tuned original"],
+                           [[f"{100 * float(f):.0f}% ({c['images']} images)", _pct(c["protected_finetuned"]),
+                             _pct(c["protected_finetuned_with_key"]), _pct(c["scratch"]), _pct(c["original_finetuned"])]
+                            for f, c in sorted(res["finetune"].items())]), "",
+            markdown_table(["thief's data", "adaptive key (white box)", "from scratch (same data)"],
+                           [[f"{100 * float(f):.0f}% ({c['images']} images)", _pct(c["recovered_accuracy"]),
+                             _pct(res["finetune"][f]["scratch"]) if f in res["finetune"] else "-"]
+                            for f, c in sorted(res["adaptive"].items())]), ""]
 
 
 def _markdown(results: dict[str, Any], quick: bool, probe: dict[str, Any] | None = None) -> str:
@@ -525,15 +555,8 @@ def _markdown(results: dict[str, Any], quick: bool, probe: dict[str, Any] | None
                               + [["int8 dynamic quantization", _pct(res["transforms"]["quant"]["legit"]),
                                   _pct(res["transforms"]["quant"]["unauthorized"]),
                                   f"{res['transforms']['quant']['quantized_linear_layers']} Linear layers int8; convolutions stay float32"]]), "",
-               "### Thief with a little data (same budget for every row of a fraction)", "",
-               markdown_table(["thief's data", "fine-tuned protected, no key", "... with the key", "from scratch", "fine-tuned original"],
-                              [[f"{100 * float(f):.0f}% ({c['images']} images)", _pct(c["protected_finetuned"]),
-                                _pct(c["protected_finetuned_with_key"]), _pct(c["scratch"]), _pct(c["original_finetuned"])]
-                               for f, c in sorted(res["finetune"].items())]), "",
-               markdown_table(["thief's data", "adaptive key (white box)", "from scratch (same data)"],
-                              [[f"{100 * float(f):.0f}% ({c['images']} images)", _pct(c["recovered_accuracy"]),
-                                _pct(res["finetune"][f]["scratch"]) if f in res["finetune"] else "-"]
-                               for f, c in sorted(res["adaptive"].items())]), "",
+               *(_thief_markdown(res) if res["finetune"] else
+                 ["### Thief with a little data", "", f"Not run for this victim (`{THIEF_ENV}`).", ""]),
                "### Cost", "",
                markdown_table(["quantity", "value"], [
                    ["embedding (keys + tail), wall / CPU", f"{rec['wall_seconds']:.1f} s / {rec['cpu_seconds']:.1f} s"],
@@ -578,22 +601,28 @@ def _markdown(results: dict[str, Any], quick: bool, probe: dict[str, Any] | None
     return "\n".join(md)
 
 
-def _selected_datasets() -> tuple[str, ...]:
-    """``DATASETS``, or the comma-separated subset named in ``$MODELSHIELD_AUTH_DATASETS`` (e.g. ``mnist``)."""
-    raw = os.environ.get(DATASETS_ENV, "").strip()
+def _selected(env: str = DATASETS_ENV) -> tuple[str, ...]:
+    """``DATASETS``, or the comma-separated subset named in ``$env`` (e.g. ``mnist``; ``none`` = no victim).
+
+    Raises:
+        ConfigError: the variable names an unknown victim, or nothing.
+    """
+    raw = os.environ.get(env, "").strip()
     if not raw:
         return DATASETS
+    if raw == "none":
+        return ()
     chosen = tuple(d.strip() for d in raw.split(",") if d.strip())
     unknown = [d for d in chosen if d not in DATASETS]
     if unknown or not chosen:
-        raise ConfigError(f"${DATASETS_ENV} names {', '.join(unknown) or 'nothing'}; choose from {', '.join(DATASETS)}")
+        raise ConfigError(f"${env} names {', '.join(unknown) or 'nothing'}; choose from {', '.join(DATASETS)} (or none)")
     return chosen
 
 
 def run(ctx: BenchContext) -> SuiteReport:
     """Embed, evaluate and attack AuthNet on every victim (or those in ``$MODELSHIELD_AUTH_DATASETS``); then the
     gate=auto cell on :class:`ProbeCNN` (with MNIST) and, in full runs, the validation gate studies."""
-    datasets = _selected_datasets()
+    datasets = _selected()
     results = {dataset: _dataset(ctx, dataset) for dataset in datasets}
     probe = None
     if PROBE_VICTIM in datasets:
@@ -608,6 +637,10 @@ def run(ctx: BenchContext) -> SuiteReport:
     if datasets != DATASETS:
         markdown = (f"Victims in this run: {', '.join(datasets)} only (`{DATASETS_ENV}={','.join(datasets)}`); "
                     f"not measured: {', '.join(d for d in DATASETS if d not in datasets)}.\n\n" + markdown)
+    no_thief = [d for d in datasets if not results[d]["finetune"]]
+    if no_thief and not ctx.quick:
+        markdown = (f"Thief cells (fine-tuning, adaptive key) not run for: {', '.join(no_thief)} "
+                    f"(`{THIEF_ENV}={os.environ.get(THIEF_ENV, '')}`).\n\n" + markdown)
     criteria = [c for dataset, res in results.items() for c in _criteria(dataset, res)]
     criteria += _probe_criteria(probe) if probe is not None else []
     note = ("Quick run: a pipeline check only (on the 2-epoch quick victims the protection does not take); the "

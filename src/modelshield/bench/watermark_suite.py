@@ -41,7 +41,6 @@ import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
 
-import torch
 from torch import nn
 
 from modelshield.attacks.extraction import PirateConfig, QueryPool, build_attack, score_pirate, train_pirate
