@@ -48,7 +48,7 @@ from modelshield.attacks.removal import prune_global_magnitude, quantize_int8_dy
 from modelshield.attacks.removal.quantize import quantized_linear_count
 from modelshield.auth import AuthConfig, AuthKey, default_gate, embed, independent_key
 from modelshield.auth.evaluation import accuracy_with_key, evaluate_auth
-from modelshield.bench.harness import BenchContext, Criterion, SuiteReport, markdown_table
+from modelshield.bench.harness import BenchContext, Criterion, SuiteReport, markdown_table, percent
 from modelshield.bench.train_suite import QUICK_TRAIN_SIZE, VICTIMS, victim, victim_dataset
 from modelshield.data import DatasetBundle
 from modelshield.errors import ConfigError
@@ -351,29 +351,25 @@ def _probe_cell(ctx: BenchContext, config: AuthConfig) -> dict[str, Any]:
             "embed_cpu_seconds": cpu, "train_epochs": trained.epochs_run, "timings": result.timings}
 
 
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.2f}%"
-
-
 def _criteria(dataset: str, res: dict[str, Any]) -> list[Criterion]:
     """Issue 14's acceptance criteria for one victim."""
     ev, tr, cost, c = res["eval"], res["transforms"], res["cost_ratio"], res["cost"]
     n = len(ev["independent_keys"])
     out = [
         Criterion(f"{dataset}: accuracy lost with the key against the clean model", 100 * (ev["clean"] - ev["legit"]),
-                  LEGIT_DROP_MAX, "<=", unit="points", detail=f"{_pct(ev['legit'])} vs {_pct(ev['clean'])}"),
+                  LEGIT_DROP_MAX, "<=", unit="points", detail=f"{percent(ev['legit'])} vs {percent(ev['clean'])}"),
         Criterion(f"{dataset}: unauthorized accuracy (no key)", ev["unauthorized"], UNAUTH_MAX, "<=", unit="%"),
         Criterion(f"{dataset}: mean accuracy under {len(ev['random_keys'])} random keys", ev["random_mean"], RANDOM_MEAN_MAX,
                   "<=", unit="%"),
         Criterion(f"{dataset}: worst of {n} independently generated keys (each must pass)", ev["independent_max"],
                   INDEPENDENT_KEY_MAX, "<=", unit="%",
-                  detail=f"mean {_pct(ev['independent_mean'])}; all: {', '.join(_pct(v) for v in ev['independent_keys'])}"),
+                  detail=f"mean {percent(ev['independent_mean'])}; all: {', '.join(percent(v) for v in ev['independent_keys'])}"),
     ]
     for label, cell in (("pruning 30%", tr["prune"].get("0.3")), ("int8 quantization", tr["quant"])):
         if cell is None:
             continue
         out += [Criterion(f"{dataset}: {label}, accuracy lost with the key", 100 * (ev["legit"] - cell["legit"]),
-                          TRANSFORM_LEGIT_DROP_MAX, "<=", unit="points", detail=f"{_pct(cell['legit'])} with the key"),
+                          TRANSFORM_LEGIT_DROP_MAX, "<=", unit="points", detail=f"{percent(cell['legit'])} with the key"),
                 Criterion(f"{dataset}: {label}, unauthorized accuracy", cell["unauthorized"], TRANSFORM_UNAUTH_MAX, "<=", unit="%")]
     out += [
         Criterion(f"{dataset}: embedding cost with the library defaults against clean training (CPU time, same run)",
@@ -390,7 +386,7 @@ def _probe_criteria(probe: dict[str, Any]) -> list[Criterion]:
     """gate="auto" on a CNN outside the zoo: the first two rows (legit within 1 point, no key <= 15%)."""
     return [Criterion(f"{PROBE_VICTIM}: gate=auto on ProbeCNN (not in the zoo), accuracy lost with the key",
                       100 * (probe["clean"] - probe["legit"]), LEGIT_DROP_MAX, "<=", unit="points",
-                      detail=f"gate {probe['gate']}; {_pct(probe['legit'])} vs {_pct(probe['clean'])}"),
+                      detail=f"gate {probe['gate']}; {percent(probe['legit'])} vs {percent(probe['clean'])}"),
             Criterion(f"{PROBE_VICTIM}: gate=auto on ProbeCNN, unauthorized accuracy (no key)", probe["unauthorized"],
                       UNAUTH_MAX, "<=", unit="%")]
 
@@ -506,8 +502,8 @@ def _figure(results: dict[str, Any]):  # type: ignore[no-untyped-def]
 
 def _auto_table(choice: dict[str, Any]) -> str:
     rows = [[f"`{t['gate']}`" + (" (kept)" if t["gate"] == choice["gate"] else ""), "x".join(map(str, t["gate_shape"])),
-             f"{t['tail_share']:.2f}", _pct(t["legit"]), _pct(t["unauthorized"]), _pct(t["random_max"]), _pct(t["decoy"]),
-             _pct(t["independent_max"]), f"{100 * t['score']:.1f}", f"{t['seconds']:.0f}"] for t in choice["trials"]]
+             f"{t['tail_share']:.2f}", percent(t["legit"]), percent(t["unauthorized"]), percent(t["random_max"]), percent(t["decoy"]),
+             percent(t["independent_max"]), f"{100 * t['score']:.1f}", f"{t['seconds']:.0f}"] for t in choice["trials"]]
     head = (f"gate=\"auto\" trials (validation split; the full recipe at each candidate from the cheapest tail, the first "
             f"with a score >= {AuthConfig().auto.accept_score} kept; score = with key - worst of the rest, in points; "
             f"candidates {', '.join(choice['candidates'])}; kept `{choice['gate']}`)")
@@ -519,12 +515,12 @@ def _thief_markdown(res: dict[str, Any]) -> list[str]:
     """The thief-with-a-little-data tables of one victim."""
     return ["### Thief with a little data (same budget for every row of a fraction)", "",
             markdown_table(["thief's data", "fine-tuned protected, no key", "... with the key", "from scratch", "fine-tuned original"],
-                           [[f"{100 * float(f):.0f}% ({c['images']} images)", _pct(c["protected_finetuned"]),
-                             _pct(c["protected_finetuned_with_key"]), _pct(c["scratch"]), _pct(c["original_finetuned"])]
+                           [[f"{100 * float(f):.0f}% ({c['images']} images)", percent(c["protected_finetuned"]),
+                             percent(c["protected_finetuned_with_key"]), percent(c["scratch"]), percent(c["original_finetuned"])]
                             for f, c in sorted(res["finetune"].items())]), "",
             markdown_table(["thief's data", "adaptive key (white box)", "from scratch (same data)"],
-                           [[f"{100 * float(f):.0f}% ({c['images']} images)", _pct(c["recovered_accuracy"]),
-                             _pct(res["finetune"][f]["scratch"]) if f in res["finetune"] else "-"]
+                           [[f"{100 * float(f):.0f}% ({c['images']} images)", percent(c["recovered_accuracy"]),
+                             percent(res["finetune"][f]["scratch"]) if f in res["finetune"] else "-"]
                             for f, c in sorted(res["adaptive"].items())]), ""]
 
 
@@ -541,19 +537,19 @@ def _markdown(results: dict[str, Any], quick: bool, probe: dict[str, Any] | None
                f"decoy keys; kept epoch {rec['best_epoch']}.", "",
                "### Accuracy (test split)", "",
                markdown_table(["view", "accuracy"], [
-                   ["clean model", _pct(ev["clean"])], ["protected, with the key", _pct(ev["legit"])],
-                   ["protected, no key", _pct(ev["unauthorized"])],
-                   [f"{len(ev['random_keys'])} random keys: mean / max", f"{_pct(ev['random_mean'])} / {_pct(ev['random_max'])}"],
+                   ["clean model", percent(ev["clean"])], ["protected, with the key", percent(ev["legit"])],
+                   ["protected, no key", percent(ev["unauthorized"])],
+                   [f"{len(ev['random_keys'])} random keys: mean / max", f"{percent(ev['random_mean'])} / {percent(ev['random_max'])}"],
                    [f"{len(ev['independent_keys'])} independently generated keys: worst / mean",
-                    f"{_pct(ev['independent_max'])} / {_pct(ev['independent_mean'])} "
-                    f"({', '.join(_pct(v) for v in ev['independent_keys'])})"],
+                    f"{percent(ev['independent_max'])} / {percent(ev['independent_mean'])} "
+                    f"({', '.join(percent(v) for v in ev['independent_keys'])})"],
                ]), "",
                "### Transformations (protected model)", "",
                markdown_table(["transformation", "with key", "no key", "note"],
-                              [[f"global magnitude pruning {100 * float(a):.0f}%", _pct(c["legit"]), _pct(c["unauthorized"]),
+                              [[f"global magnitude pruning {100 * float(a):.0f}%", percent(c["legit"]), percent(c["unauthorized"]),
                                 f"sparsity {100 * c['sparsity']:.1f}%"] for a, c in sorted(res["transforms"]["prune"].items())]
-                              + [["int8 dynamic quantization", _pct(res["transforms"]["quant"]["legit"]),
-                                  _pct(res["transforms"]["quant"]["unauthorized"]),
+                              + [["int8 dynamic quantization", percent(res["transforms"]["quant"]["legit"]),
+                                  percent(res["transforms"]["quant"]["unauthorized"]),
                                   f"{res['transforms']['quant']['quantized_linear_layers']} Linear layers int8; convolutions stay float32"]]), "",
                *(_thief_markdown(res) if res["finetune"] else
                  ["### Thief with a little data", "", f"Not run for this victim (`{THIEF_ENV}`).", ""]),
@@ -575,9 +571,9 @@ def _markdown(results: dict[str, Any], quick: bool, probe: dict[str, Any] | None
                    markdown_table(["gate", "output", "bits", "clean", "with key", "no key",
                                    f"random keys mean / max ({GATE_RANDOM_KEYS})", f"independent keys, worst of {GATE_INDEPENDENT_KEYS}",
                                    "decoy keys", "auto score", "embed CPU (s)"],
-                                  [[f"`{g}`", "x".join(map(str, c["gate_shape"])), c["bits"], _pct(c["clean"]), _pct(c["legit"]),
-                                    _pct(c["unauthorized"]), f"{_pct(c['random_mean'])} / {_pct(c['random_max'])}",
-                                    _pct(c["independent_max"]), _pct(c["decoy"]), f"{c['score']:.2f}", f"{c['embed_cpu_seconds']:.0f}"]
+                                  [[f"`{g}`", "x".join(map(str, c["gate_shape"])), c["bits"], percent(c["clean"]), percent(c["legit"]),
+                                    percent(c["unauthorized"]), f"{percent(c['random_mean'])} / {percent(c['random_max'])}",
+                                    percent(c["independent_max"]), percent(c["decoy"]), f"{c['score']:.2f}", f"{c['embed_cpu_seconds']:.0f}"]
                                    for g, c in res["gate_study"].items()]), "",
                    f"auto score = with key - the worst of no key, random, independent and decoy keys. `gate=\"auto\"`'s rule "
                    f"(the first candidate from the cheapest tail with a score >= {AuthConfig().auto.accept_score}) keeps "
@@ -589,9 +585,9 @@ def _markdown(results: dict[str, Any], quick: bool, probe: dict[str, Any] | None
                f"`AuthConfig()` ({probe['embed_cpu_seconds']:.0f} s CPU, trials included): chosen gate `{probe['gate']}` "
                f"among {', '.join(f'`{g}`' for g in choice['candidates'])}.", "",
                markdown_table(["view", "accuracy (test)"], [
-                   ["clean model", _pct(probe["clean"])], ["protected, with the key", _pct(probe["legit"])],
-                   ["protected, no key", _pct(probe["unauthorized"])],
-                   [f"{len(probe['random_keys'])} random keys: mean / max", f"{_pct(probe['random_mean'])} / {_pct(probe['random_max'])}"],
+                   ["clean model", percent(probe["clean"])], ["protected, with the key", percent(probe["legit"])],
+                   ["protected, no key", percent(probe["unauthorized"])],
+                   [f"{len(probe['random_keys'])} random keys: mean / max", f"{percent(probe['random_mean'])} / {percent(probe['random_max'])}"],
                ]), "", _auto_table(choice), ""]
     md += ["Notes: accuracies are on the official test split (10,000 images) except in the gate study and the auto trials",
            "(validation split: the zoo defaults come from those). Keys are applied in normalised input",

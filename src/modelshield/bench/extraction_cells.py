@@ -7,12 +7,13 @@ one trained pirate.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
 
 from modelshield.attacks.extraction import PirateConfig, Transcript, score_transcript
-from modelshield.bench.harness import BenchContext
+from modelshield.bench.harness import BenchContext, percent
 from modelshield.data import DatasetBundle
 from modelshield.defense import ClientPolicy, Defense, QueenDefense
 
@@ -66,6 +67,4 @@ def pirate_cell(ctx: BenchContext, transcript: Transcript, reversed_flags: torch
             "l1_to_truth": float((transcript.answers / transcript.answers.sum(1, keepdim=True) - truth[:n]).abs().sum(1).mean())}
 
 
-def pct(v: float | None) -> str:
-    """A fraction as a percentage with one decimal, "-" for a missing figure (the suite's tables)."""
-    return "-" if v is None else f"{100 * v:.1f}"
+pct = partial(percent, digits=1, suffix="")  # the suite's tables: one decimal, the unit in the headers

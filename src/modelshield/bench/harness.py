@@ -61,6 +61,7 @@ __all__ = [
     "git_provenance",
     "machine_info",
     "markdown_table",
+    "percent",
     "run_suite",
 ]
 
@@ -144,6 +145,16 @@ class Criterion:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form: every field plus ``met``."""
         return {**asdict(self), "met": self.met}
+
+
+def percent(value: float | None, digits: int = 2, *, suffix: str = "%") -> str:
+    """A fraction as a percentage for the suites' tables; "-" for a missing figure.
+
+    Example:
+        >>> percent(0.98765), percent(0.5, 1, suffix=""), percent(None)
+        ('98.77%', '50.0', '-')
+    """
+    return "-" if value is None else f"{100 * value:.{digits}f}{suffix}"
 
 
 def _format(value: Any, unit: str) -> str:

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from modelshield.attacks.finetune import QUICK_THIEF, RepairPolicy, ThiefConfig, finetune, finetune_attack, thief_data
-from modelshield.bench.harness import BenchContext, Criterion, SuiteReport, markdown_table
+from modelshield.bench.harness import BenchContext, Criterion, SuiteReport, markdown_table, percent
 from modelshield.bench.train_suite import victim
 from modelshield.keys import SecretKey
 from modelshield.lock import LockConfig, lock_model, lock_state_dict, unlock_state_dict
@@ -314,10 +314,6 @@ def _memory_in_subprocess(mib: int, seed: int) -> dict[str, Any]:
 
 # -- report -----------------------------------------------------------------------------------------------
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f}%"
-
-
 def run(ctx: BenchContext) -> SuiteReport:
     """Run every cell and build the report."""
     results: dict[str, Any] = {"datasets": {}}
@@ -400,9 +396,9 @@ def _markdown(results: dict[str, Any], fractions: tuple[float, ...]) -> str:
     rows = []
     for dataset, entry in results["datasets"].items():
         for scheme, r in entry["roundtrip"].items():
-            rows.append([f"{entry['architecture']} / {dataset}", scheme, _pct(r["original_accuracy"]), _pct(r["unlocked_accuracy"]),
-                         "yes" if r["bit_identical"] else "NO", _pct(r["as_is_accuracy"]),
-                         f"{r['as_is_nonfinite_rows']}/{r['test_images']}", _pct(r["wrong_key_mean"]), _pct(r["wrong_key_max"])])
+            rows.append([f"{entry['architecture']} / {dataset}", scheme, percent(r["original_accuracy"]), percent(r["unlocked_accuracy"]),
+                         "yes" if r["bit_identical"] else "NO", percent(r["as_is_accuracy"]),
+                         f"{r['as_is_nonfinite_rows']}/{r['test_images']}", percent(r["wrong_key_mean"]), percent(r["wrong_key_max"])])
     md += ["## Accuracy: original, unlocked, locked as-is, 10 wrong keys (MAC bypassed)", "",
            "Rows whose logits contain NaN/Inf are scored as wrong. Chance is 10%.", "",
            markdown_table(["model", "scheme", "original", "unlocked", "bit-identical", "as-is", "as-is NaN/Inf rows",
@@ -423,16 +419,16 @@ def _markdown(results: dict[str, Any], fractions: tuple[float, ...]) -> str:
         for f in fractions:
             scratch = fine[f"{f}-scratch"]["mean_accuracy"]
             rows.append([f"{100 * f:g}%", fine[f"{f}-scratch"]["runs"][0]["train_images"]]
-                        + [_pct(fine[f"{f}-{a}"]["mean_accuracy"]) for a in arms]
+                        + [percent(fine[f"{f}-{a}"]["mean_accuracy"]) for a in arms]
                         + [f"{100 * (max(fine[f'{f}-{a}']['mean_accuracy'] for a in arms if a.startswith('locked')) - scratch):+.2f}"])
-        md += [f"### {entry['architecture']} / {dataset} (victim {_pct(entry['victim_test_accuracy'])})", "",
+        md += [f"### {entry['architecture']} / {dataset} (victim {percent(entry['victim_test_accuracy'])})", "",
                markdown_table(["data", "images", *arms, "best locked - scratch (points)"], rows), ""]
     rows = []
     for dataset, entry in results["datasets"].items():
         for name, r in entry["known_plaintext"].items():
             rows.append([dataset, r["scheme"], r["known"], r["known_bytes"], "yes" if r["verified"] else "no",
                          f"{r['unknown_weights_recovered_exactly']}/{r['unknown_weights']}",
-                         f"{r['unknown_byte_agreement']:.4f}", _pct(r["accuracy_with_recovered_weights"]), f"{r['seconds']:.2f} s"])
+                         f"{r['unknown_byte_agreement']:.4f}", percent(r["accuracy_with_recovered_weights"]), f"{r['seconds']:.2f} s"])
     md += ["## Known-plaintext key recovery (one round)", "",
            "The thief knows the first convolution's weights (all, or only the first 8). Recovered means the master "
            "key passed the file's MAC. For ctr the rewound candidate fails the MAC; the table shows what it gives for "

@@ -39,6 +39,7 @@ import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from typing import Any, Callable
 
 from torch import nn
@@ -52,7 +53,7 @@ from modelshield.attacks.removal import (
     prune_global_magnitude,
     remove_by_trigger_inversion,
 )
-from modelshield.bench.harness import BenchContext, Criterion, SuiteReport, _safe, markdown_table
+from modelshield.bench.harness import BenchContext, Criterion, SuiteReport, _safe, markdown_table, percent
 from modelshield.data import DatasetBundle, TensorData
 from modelshield.models import CheckpointMeta, build_model, load_checkpoint, save_checkpoint
 from modelshield.defense import ClientPolicy, NoDefense, ProtectedModel
@@ -400,8 +401,7 @@ def _acceptance(dataset: str, r: dict[str, Any]) -> list[Criterion]:
     return rows
 
 
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.2f}"
+_pct = partial(percent, suffix="")  # the tables' headers carry the unit
 
 
 def _rows(group: dict[str, Any]) -> list[list[Any]]:
