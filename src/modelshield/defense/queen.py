@@ -59,8 +59,10 @@ __all__ = ["OUT_OF_REGION", "QueenConfig", "QueenDefense", "decide_batch", "keep
 # decide_batch runs over at most this many queries at a time (its within-class distance matrix is quadratic);
 # the chunks are applied in order to one decoded state, so the result is the same as one call, and committed once
 _DECIDE_CHUNK = 1024
-_STATELESS: dict[str, type[Defense]] = {"top1": TopOneDefense, "rounding": RoundingDefense,
-                                        "reverse-sigmoid": ReverseSigmoidDefense, "gaussian": GaussianNoiseDefense}
+# the stateless out-of-region answers, each built from QueenConfig.seed (only the noise uses it)
+_STATELESS: dict[str, Callable[[int], Defense]] = {
+    "top1": lambda seed: TopOneDefense(), "rounding": lambda seed: RoundingDefense(),
+    "reverse-sigmoid": lambda seed: ReverseSigmoidDefense(), "gaussian": lambda seed: GaussianNoiseDefense(seed=seed)}
 OUT_OF_REGION = ("perturb", *_STATELESS)
 
 
@@ -323,11 +325,7 @@ class QueenDefense(Defense):
         self._lock = threading.Lock()
         self._stacked = self._stack_shadows()
         outside = _STATELESS.get(self.config.out_of_region)
-        self._outside: Defense | None = None
-        if outside is GaussianNoiseDefense:
-            self._outside = GaussianNoiseDefense(seed=self.config.seed)
-        elif outside is not None:
-            self._outside = outside()
+        self._outside: Defense | None = None if outside is None else outside(self.config.seed)
 
     @classmethod
     def for_model(cls, model: nn.Module, artifacts: QueenArtifacts, config: QueenConfig | None = None, *,
