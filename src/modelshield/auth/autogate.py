@@ -45,7 +45,7 @@ from typing import Any
 
 from modelshield.errors import ConfigError
 
-__all__ = ["AutoGateConfig", "GateChoice", "GateTrial", "trial_table"]
+__all__ = ["AutoGateConfig", "GateChoice", "GateTrial", "trial_score", "trial_table"]
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,16 @@ class AutoGateConfig:
                               f"{self.independent_keys}")
         if not -1 <= self.accept_score <= 1:
             raise ConfigError(f"auto gate: accept_score must be in [-1, 1], got {self.accept_score}")
+
+
+def trial_score(legit: float, unauthorized: float, random_max: float, decoy: float, independent_max: float) -> float:
+    """The auto rule's score of a gate: accuracy with the key minus the best anyone without it reached.
+
+    Example:
+        >>> round(trial_score(0.98, 0.03, 0.12, 0.10, 0.15), 2)
+        0.83
+    """
+    return legit - max(unauthorized, random_max, decoy, independent_max)
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modelshield.auth.autogate import AutoGateConfig, GateChoice, GateTrial, trial_table
+from modelshield.auth.autogate import AutoGateConfig, GateChoice, GateTrial, trial_score, trial_table
 from modelshield.auth.bits import AuthBits, channel_means, select_bits
 from modelshield.auth.evaluation import accuracy_with_key
 from modelshield.auth.gate import AUTO, GateSplit, TailRunner, default_gate, forward_macs, gate_candidates, gate_output, trace_gate
@@ -519,9 +519,9 @@ def _score_trial(result: EmbedResult, train: TensorData, val: TensorData, config
                    for i in range(auto.independent_keys)]
     legit, unauthorized = accuracy_with_key(result.model, result.key, val), evaluate(result.model, val).accuracy
     decoy = result.history[result.best_epoch - 1].get("val_decoy", 0.0)
-    worst = max([unauthorized, decoy, *randoms, *independent])
-    return GateTrial(gate, tuple(result.split.gate_shape), round(share, 4), legit, unauthorized, max(randoms, default=0.0),
-                     decoy, max(independent, default=0.0), legit - worst, seconds)
+    random_max, independent_max = max(randoms, default=0.0), max(independent, default=0.0)
+    return GateTrial(gate, tuple(result.split.gate_shape), round(share, 4), legit, unauthorized, random_max, decoy,
+                     independent_max, trial_score(legit, unauthorized, random_max, decoy, independent_max), seconds)
 
 
 def _embed_auto(model: nn.Module, train: TensorData, val: TensorData, config: AuthConfig, normalization: Normalization,

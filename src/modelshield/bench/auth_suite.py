@@ -47,6 +47,7 @@ from modelshield.attacks.finetune import QUICK_THIEF, ThiefConfig, finetune, thi
 from modelshield.attacks.removal import prune_global_magnitude, quantize_int8_dynamic, sparsity
 from modelshield.attacks.removal.quantize import quantized_linear_count
 from modelshield.auth import AuthConfig, AuthKey, default_gate, embed, independent_key
+from modelshield.auth.autogate import trial_score
 from modelshield.auth.evaluation import accuracy_with_key, evaluate_auth
 from modelshield.bench.harness import BenchContext, Criterion, SuiteReport, markdown_table, percent
 from modelshield.bench.train_suite import QUICK_TRAIN_SIZE, VICTIMS, victim, victim_dataset
@@ -442,7 +443,7 @@ def _gate_study(ctx: BenchContext, dataset: str, res: dict[str, Any]) -> None:
                         config={"auth": config, "gate": g, "split": "val", "random_keys": GATE_RANDOM_KEYS,
                                 "independent_keys": GATE_INDEPENDENT_KEYS})
         study[g] = {**cell, "decoy": _study_decoy(ctx, dataset, g, config)}
-        study[g]["score"] = study[g]["legit"] - max(study[g][k] for k in ("unauthorized", "random_max", "independent_max", "decoy"))
+        study[g]["score"] = trial_score(*(study[g][k] for k in ("legit", "unauthorized", "random_max", "decoy", "independent_max")))
     res["gate_study"] = study
     # auto's rule on these figures: the candidates from the cheapest tail (GATE_STUDY lists them in network order)
     res["auto_rule"] = next((g for g in reversed(GATE_STUDY[dataset]) if study[g]["score"] >= config.auto.accept_score), None)
