@@ -101,3 +101,6 @@ def test_victim_selection_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv(auth_suite.DATASETS_ENV, "mnist,resnet")
     with pytest.raises(ConfigError, match="resnet; choose from"):
         auth_suite._selected()
+    monkeypatch.setenv(auth_suite.DATASETS_ENV, "none")
+    with pytest.raises(ConfigError, match="no victim"):
+        auth_suite.run(BenchContext("auth", progress=False))

@@ -15,7 +15,7 @@ only the seed is the run's. Cells (each cached, so an interrupted run resumes):
    data, worst and mean reported.
 4. ``prune-*``: global magnitude pruning 10-50% of conv+linear weights; ``quant``: int8 dynamic quantization
    (``nn.Linear`` only; convolutions stay float32). Legitimate and unauthorized accuracy after each.
-5. ``finetune-*``: the thief fine-tunes the protected model on plain inputs with true labels, 1/5/10% of the
+5. ``finetune-*`` (the victims in ``$MODELSHIELD_AUTH_THIEF``, default all): the thief fine-tunes the protected model on plain inputs with true labels, 1/5/10% of the
    60,000 official training images (drawn from the ``attacker`` split, disjoint from the victim's data);
    compared with training from scratch and with fine-tuning the original (unprotected) weights, same budget.
 6. ``adaptive-*``: white-box thief with 1% / 5% of the data optimises a mask and offset of the key's form
@@ -620,6 +620,8 @@ def run(ctx: BenchContext) -> SuiteReport:
     """Embed, evaluate and attack AuthNet on every victim (or those in ``$MODELSHIELD_AUTH_DATASETS``); then the
     gate=auto cell on :class:`ProbeCNN` (with MNIST) and, in full runs, the validation gate studies."""
     datasets = _selected()
+    if not datasets:
+        raise ConfigError(f"${DATASETS_ENV}=none leaves no victim to measure; name one of {', '.join(DATASETS)}")
     results = {dataset: _dataset(ctx, dataset) for dataset in datasets}
     probe = None
     if PROBE_VICTIM in datasets:
