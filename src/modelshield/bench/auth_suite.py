@@ -443,7 +443,9 @@ def _gate_study(ctx: BenchContext, dataset: str, res: dict[str, Any]) -> None:
                         config={"auth": config, "gate": g, "split": "val", "random_keys": GATE_RANDOM_KEYS,
                                 "independent_keys": GATE_INDEPENDENT_KEYS})
         study[g] = {**cell, "decoy": _study_decoy(ctx, dataset, g, config)}
-        study[g]["score"] = trial_score(*(study[g][k] for k in ("legit", "unauthorized", "random_max", "decoy", "independent_max")))
+        c = study[g]
+        c["score"] = trial_score(legit=c["legit"], unauthorized=c["unauthorized"], random_max=c["random_max"], decoy=c["decoy"],
+                                 independent_max=c["independent_max"])
     res["gate_study"] = study
     # auto's rule on these figures: the candidates from the cheapest tail (GATE_STUDY lists them in network order)
     res["auto_rule"] = next((g for g in reversed(GATE_STUDY[dataset]) if study[g]["score"] >= config.auto.accept_score), None)
