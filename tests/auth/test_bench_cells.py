@@ -26,14 +26,14 @@ def fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> SimpleNamespace:
 
     def embed_cell(ctx: BenchContext, dataset: str, config: AuthConfig, model_path: Path, key_path: Path) -> dict[str, Any]:
         state.embeds.append(config)
-        torch.manual_seed(config.tail_epochs)  # another config, other weights
+        torch.manual_seed(config.tail_epochs or 0)  # another config, other weights
         model = build_model("lenet5", in_channels=info.in_channels, image_size=info.image_size,
                             num_classes=info.num_classes, normalization=info.normalization)
         save_checkpoint(model_path, model, CheckpointMeta.for_model(
             "lenet5", in_channels=info.in_channels, image_size=info.image_size, num_classes=info.num_classes,
             dataset="digits", normalization=info.normalization))
         key = AuthKey.random((info.in_channels, info.image_size, info.image_size), info.normalization, "body.pool1",
-                             generator=torch.Generator().manual_seed(config.tail_epochs))
+                             generator=torch.Generator().manual_seed(config.tail_epochs or 0))
         key.bound_to(model).save(key_path, overwrite=True)
         return {"config": config.to_dict()}
 
@@ -77,8 +77,12 @@ def test_a_retrained_victim_or_lost_files_embed_again(fake: SimpleNamespace) -> 
 
 def test_the_bench_measures_the_library_defaults() -> None:
     ctx = BenchContext("auth", progress=False, seed=3)
-    assert auth_suite.config_for(ctx) == AuthConfig(seed=3)  # AuthConfig() as a user gets it, the run's seed only
-    assert auth_suite.config_for(BenchContext("auth", progress=False, quick=True)).train_images == auth_suite.QUICK_TRAIN_IMAGES
+    for name in ("lenet5", "vgg", "resnet20"):
+        model = build_model(name, in_channels=1, image_size=8, num_classes=2)
+        # AuthConfig() as a user gets it, as embed() fills it in for the model, with the run's seed only
+        assert auth_suite.config_for(ctx, model) == AuthConfig(seed=3).for_model(model)
+    quick = auth_suite.config_for(BenchContext("auth", progress=False, quick=True), auth_suite.ProbeCNN())
+    assert quick.train_images == auth_suite.QUICK_TRAIN_IMAGES and quick.tail_epochs == 8
 
 
 def test_the_probe_cnn_is_outside_the_zoo_so_auto_chooses_its_gate() -> None:

@@ -136,6 +136,23 @@ def test_works_for_other_class_counts_and_colour_inputs() -> None:
     assert isinstance(result.model, nn.Module)
 
 
+def test_the_architecture_recipe_fills_only_the_fields_left_open() -> None:
+    from modelshield.auth import ARCHITECTURE_RECIPES, GENERIC_RECIPE
+    from modelshield.data import make_synthetic
+
+    assert AuthConfig().for_model(tiny_cnn()).tail_epochs == GENERIC_RECIPE["tail_epochs"], "not in the zoo: generic"
+    assert AuthConfig(tail_epochs=2).for_model(build_model("resnet20", in_channels=1, image_size=8, num_classes=2)).tail_epochs == 2
+    with pytest.raises(ConfigError, match="tail_epochs"):
+        AuthConfig(tail_epochs=0)
+    data = make_synthetic(40, num_classes=3, image_size=8, seed=4)
+    model = build_model("resnet20", in_channels=1, image_size=8, num_classes=3)
+    config = AuthConfig(gate="body.layer3.1", decoy_keys=0, decoy_ratio=0.0, num_bits=2, seed=0, key=KeyGenConfig(seed=0, epochs=1))
+    result = embed(model, data[torch.arange(32)], data[torch.arange(32, 40)], config=config, progress=False)
+    epochs = ARCHITECTURE_RECIPES["ResNet20"]["tail_epochs"]
+    assert result.config.tail_epochs == epochs and len(result.history) == epochs, "embedding ran the architecture's recipe"
+    assert result.config == config.for_model(model), "the result records the configuration it ran with"
+
+
 def test_distillation_term_blends_cross_entropy_and_the_teachers_soft_targets() -> None:
     import torch.nn.functional as F
 

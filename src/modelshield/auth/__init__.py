@@ -13,7 +13,7 @@ normalised input space); plain inputs get near-random answers. Nothing is added 
 """
 
 from modelshield.auth.bits import AuthBits, channel_means, select_bits
-from modelshield.auth.embedding import AuthConfig, EmbedResult, choose_gate, embed, independent_key, model_normalization
+from modelshield.auth.embedding import ARCHITECTURE_RECIPES, GENERIC_RECIPE, AuthConfig, EmbedResult, choose_gate, embed, independent_key, model_normalization
 from modelshield.auth.evaluation import AuthEvaluation, accuracy_with_key, evaluate_auth
 from modelshield.auth.autogate import AutoGateConfig, GateChoice, GateTrial
 from modelshield.auth.gate import AUTO, DEFAULT_GATES, GateSplit, default_gate, gate_candidates, gate_output, trace_gate
@@ -21,6 +21,7 @@ from modelshield.auth.key import AUTH_KEY_ENV, AuthKey, KeyedModel
 from modelshield.auth.keygen import KeyGenConfig, KeyGenResult, generate_key
 
 __all__ = [
+    "ARCHITECTURE_RECIPES",
     "AUTH_KEY_ENV",
     "AUTO",
     "DEFAULT_GATES",
@@ -30,6 +31,7 @@ __all__ = [
     "AuthKey",
     "AutoGateConfig",
     "EmbedResult",
+    "GENERIC_RECIPE",
     "GateChoice",
     "GateSplit",
     "GateTrial",

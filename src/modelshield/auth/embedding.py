@@ -63,8 +63,14 @@ from modelshield.errors import ConfigError
 from modelshield.models.zoo import Normalize
 from modelshield.training import TrainConfig, evaluate, score_logits, train_model
 
-__all__ = ["AuthConfig", "EmbedResult", "choose_gate", "default_num_bits", "embed", "independent_key", "model_normalization",
-           "near_keyed", "random_keyed"]
+__all__ = ["ARCHITECTURE_RECIPES", "GENERIC_RECIPE", "AuthConfig", "EmbedResult", "choose_gate", "default_num_bits", "embed",
+           "independent_key", "model_normalization", "near_keyed", "random_keyed"]
+
+# The recipe fields whose default depends on the architecture (AuthConfig fields left at None): the generic value,
+# and the zoo architectures that differ from it, by class name. Chosen on the validation split only
+# (bench/dev/auth_val_sweep.py; the README's AuthNet section has the runs).
+GENERIC_RECIPE: dict[str, int] = {"tail_epochs": 8}
+ARCHITECTURE_RECIPES: dict[str, dict[str, int]] = {"ResNet20": {"tail_epochs": 12}}
 
 
 def default_num_bits(channels: int) -> int:
@@ -91,7 +97,9 @@ class AuthConfig:
             ``bit_pool = num_bits`` is the paper's deterministic choice (the lowest N).
         gamma: bit target multiplier (``t = gamma * a_max``).
         key: key-generation hyperparameters (its seed defaults to this config's seed).
-        tail_epochs: epochs of tail fine-tuning.
+        tail_epochs: epochs of tail fine-tuning; None (default) = the architecture's (:data:`ARCHITECTURE_RECIPES`:
+            ResNet-20 12, whose deeper tail needs the longer run to stay within a point of the clean model), else 8
+            (:data:`GENERIC_RECIPE`). :meth:`for_model` fills it in.
         tail_batch_size: batch size (keyed and plain samples mixed).
         tail_lr: Adam learning rate.
         lr_milestones: fractions of the run after which the learning rate is multiplied by 0.1.
@@ -129,7 +137,7 @@ class AuthConfig:
     bit_pool: int | None = None
     gamma: float = 2.0
     key: KeyGenConfig = field(default_factory=KeyGenConfig)
-    tail_epochs: int = 8
+    tail_epochs: int | None = None
     tail_batch_size: int = 256
     tail_lr: float = 1e-3
     lr_milestones: tuple[float, ...] = (0.6, 0.85)
@@ -152,7 +160,7 @@ class AuthConfig:
             raise ConfigError(f"bit_pool ({self.bit_pool}) must be >= num_bits ({self.num_bits})")
         if not self.gamma > 0:
             raise ConfigError(f"gamma must be > 0, got {self.gamma}")
-        if self.tail_epochs < 1 or self.tail_batch_size < 1:
+        if (self.tail_epochs is not None and self.tail_epochs < 1) or self.tail_batch_size < 1:
             raise ConfigError(f"tail_epochs and tail_batch_size must be >= 1, got {self.tail_epochs}, {self.tail_batch_size}")
         if not self.tail_lr > 0 or self.weight_decay < 0:
             raise ConfigError(f"tail_lr must be > 0 and weight_decay >= 0, got {self.tail_lr}, {self.weight_decay}")
@@ -174,6 +182,24 @@ class AuthConfig:
                 raise ConfigError(f"{name} must be >= 2 or None, got {value}")
         if any(not 0 < f < 1 for f in self.lr_milestones):
             raise ConfigError(f"lr_milestones are fractions of the run in (0, 1), got {self.lr_milestones}")
+
+    def for_model(self, model: nn.Module) -> AuthConfig:
+        """This config with the architecture-dependent fields left at None filled in for ``model``.
+
+        Values given explicitly are kept; a zoo architecture's entry in :data:`ARCHITECTURE_RECIPES` comes next,
+        then :data:`GENERIC_RECIPE`. :func:`embed` calls it first, so the result is what embedding runs.
+
+        Example:
+            >>> from modelshield.models import build_model
+            >>> resnet = build_model("resnet20", in_channels=1, image_size=8, num_classes=2)
+            >>> lenet = build_model("lenet5", in_channels=1, image_size=8, num_classes=2)
+            >>> AuthConfig().for_model(resnet).tail_epochs, AuthConfig().for_model(lenet).tail_epochs
+            (12, 8)
+            >>> AuthConfig(tail_epochs=3).for_model(resnet).tail_epochs
+            3
+        """
+        recipe = {**GENERIC_RECIPE, **ARCHITECTURE_RECIPES.get(type(model).__name__, {})}
+        return replace(self, **{name: value for name, value in recipe.items() if getattr(self, name) is None})
 
     def pool_size(self, means: torch.Tensor, num_bits: int) -> int:
         """How many lowest live channels the bits are drawn from: ``bit_pool``, else ``4 N`` capped at the live ones.
@@ -208,6 +234,8 @@ class EmbedResult:
         val_unauthorized: validation accuracy without the key (kept epoch).
         best_epoch: the kept epoch (1-based).
         gate_choice: how the gate was chosen (with ``"auto"``, the trial table); also in the key file.
+        config: the configuration embedding ran with (:meth:`AuthConfig.for_model` of the one given; the seed is the
+            one drawn when none was given).
         history: per epoch: loss, val_legit, val_unauthorized, (with decoys) val_decoy, seconds.
         timings: seconds for ``gate`` (the auto trials), ``bits``, ``key``, ``cache`` (gate activations), ``tail``
             and ``total``.
@@ -223,6 +251,7 @@ class EmbedResult:
     val_unauthorized: float
     best_epoch: int
     gate_choice: GateChoice
+    config: AuthConfig
     history: list[dict[str, float]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -330,19 +359,20 @@ def embed(model: nn.Module, train: TensorData, val: TensorData, *, config: AuthC
     Raises:
         ConfigError: empty data, shapes that do not match, or a gate that cannot be used.
     """
-    config = config or AuthConfig()
+    config = (config or AuthConfig()).for_model(model)
     if len(train) < 2 or len(val) < 1:
         raise ConfigError(f"embedding needs at least 2 training and 1 validation images, got {len(train)} and {len(val)}")
     if train.x.shape[1:] != val.x.shape[1:]:
         raise ConfigError(f"train and val images differ in shape: {tuple(train.x.shape[1:])} vs {tuple(val.x.shape[1:])}")
     t_start = time.perf_counter()
     seed = config.seed if config.seed is not None else secrets.randbits(63)
+    config = replace(config, seed=seed)
     gen = torch.Generator().manual_seed(_subseed(seed, "embed"))
     model = copy.deepcopy(model).eval()
     normalization = normalization or model_normalization(model, int(train.x.shape[1]))
     example = train.x[:8]
     if config.gate == AUTO or (config.gate is None and default_gate(model) == AUTO):
-        return _embed_auto(model, train, val, replace(config, seed=seed), normalization, progress)
+        return _embed_auto(model, train, val, config, normalization, progress)
     if config.gate is None:
         choice = GateChoice(default_gate(model), "default")
     else:
@@ -459,7 +489,7 @@ def embed(model: nn.Module, train: TensorData, val: TensorData, *, config: AuthC
     timings = {"gate": t_gate - t_start, "bits": t_bits - t_gate, "key": t_key - t_bits, "cache": t_cache - t_key, "tail": t_end - t_cache,
                "total": t_end - t_start}
     return EmbedResult(model, key, bits, split, keygen.bit_change, keygen.other_change, kept["val_legit"],
-                       kept["val_unauthorized"], run.best_epoch, choice, history, timings)
+                       kept["val_unauthorized"], run.best_epoch, choice, config, history, timings)
 
 
 def _independent_subseed(seed: int, tag: str) -> int:

@@ -101,15 +101,18 @@ COST_RATIO_MAX = 0.5
 LATENCY_REPEATS, LATENCY_ROUNDS, LATENCY_BATCH = 10, 5, 256
 
 
-def config_for(ctx: BenchContext) -> AuthConfig:
-    """The measured configuration: ``AuthConfig()`` with the run's seed (quick runs: fewer tail images).
+def config_for(ctx: BenchContext, model: nn.Module) -> AuthConfig:
+    """The measured configuration for ``model``: ``AuthConfig()`` with the run's seed (quick runs: fewer tail
+    images), its architecture-dependent fields filled in as :func:`~modelshield.auth.embed` fills them.
 
     Example:
-        >>> config_for(BenchContext("auth", progress=False)) == AuthConfig(seed=0)
+        >>> from modelshield.models import build_model
+        >>> lenet = build_model("lenet5", in_channels=1, image_size=8, num_classes=2)
+        >>> config_for(BenchContext("auth", progress=False), lenet) == AuthConfig(seed=0).for_model(lenet)
         True
     """
     config = AuthConfig(seed=ctx.seed)
-    return replace(config, train_images=QUICK_TRAIN_IMAGES) if ctx.quick else config
+    return (replace(config, train_images=QUICK_TRAIN_IMAGES) if ctx.quick else config).for_model(model)
 
 
 def _data(ctx: BenchContext, name: str) -> DatasetBundle:
@@ -393,7 +396,7 @@ def _probe_criteria(probe: dict[str, Any]) -> list[Criterion]:
 
 
 def _dataset(ctx: BenchContext, dataset: str) -> dict[str, Any]:
-    config = config_for(ctx)
+    config = config_for(ctx, victim(ctx, dataset)[0].model)
     record, model, key = _protected(ctx, dataset, config)
     upstream = _upstream(ctx, dataset, key)
     architecture, full, quick = VICTIMS[dataset]
@@ -435,7 +438,7 @@ def _thief_cells(ctx: BenchContext, dataset: str, model: torch.nn.Module, key: A
 def _gate_study(ctx: BenchContext, dataset: str, res: dict[str, Any]) -> None:
     """The validation-split gate study (full runs only), added to ``res``: the default recipe at each candidate,
     its ``gate="auto"`` score, and the gate auto's rule keeps on these figures."""
-    config = config_for(ctx)
+    config = config_for(ctx, victim(ctx, dataset)[0].model)
     fingerprint = {"victim": victim(ctx, dataset).fingerprint}
     study = {}
     for g in GATE_STUDY[dataset]:
@@ -627,7 +630,7 @@ def run(ctx: BenchContext) -> SuiteReport:
     results = {dataset: _dataset(ctx, dataset) for dataset in datasets}
     probe = None
     if PROBE_VICTIM in datasets:
-        config = config_for(ctx)
+        config = config_for(ctx, ProbeCNN())
         probe = ctx.cell(f"{PROBE_VICTIM}/probe-auto", lambda: _probe_cell(ctx, config),
                          config={"auth": config, "train": PROBE_TRAIN, "architecture": "ProbeCNN",
                                  "train_size": QUICK_TRAIN_SIZE if ctx.quick else None})

@@ -56,7 +56,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     clean = evaluate(checkpoint.model, bundle.test).accuracy
     report = evaluate_auth(result.model, result.key, bundle.test, random_keys=0)
     extra = dict(checkpoint.meta.extra)
-    extra["auth"] = {"gate": result.split.gate, "gate_choice": result.gate_choice.method, "num_bits": len(result.bits.channels), "config": config.to_dict(),
+    extra["auth"] = {"gate": result.split.gate, "gate_choice": result.gate_choice.method, "num_bits": len(result.bits.channels), "config": result.config.to_dict(),
                      "key_fingerprint": result.key.fingerprint, "model_fingerprint": result.key.model_fingerprint,
                      "clean_accuracy": clean, "legit_accuracy": report.legit, "unauthorized_accuracy": report.unauthorized}
     meta = replace(checkpoint.meta, accuracy=report.legit, extra=extra)
@@ -119,7 +119,7 @@ def register(sub: Subparsers) -> None:
         "key_epochs": None,
         "key_images": "generate keys on a subset of N training images",
         "train_images": "fine-tune the tail on a subset of N training images",
-        "tail_epochs": "tail fine-tuning epochs",
+        "tail_epochs": "tail fine-tuning epochs (default: the architecture's; ResNet-20 12, else 8)",
         "tail_lr": "tail learning rate (Adam)",
         "decoy_ratio": "extra negatives under other keys, per training image (0 with --decoy-keys 0: the paper's method)",
         "decoy_keys": "independently generated keys among the decoys",
