@@ -438,8 +438,9 @@ def _thief_cells(ctx: BenchContext, dataset: str, model: torch.nn.Module, key: A
 def _gate_study(ctx: BenchContext, dataset: str, res: dict[str, Any]) -> None:
     """The validation-split gate study (full runs only), added to ``res``: the default recipe at each candidate,
     its ``gate="auto"`` score, and the gate auto's rule keeps on these figures."""
-    config = config_for(ctx, victim(ctx, dataset)[0].model)
-    fingerprint = {"victim": victim(ctx, dataset).fingerprint}
+    trained = victim(ctx, dataset)
+    config = config_for(ctx, trained[0].model)
+    fingerprint = {"victim": trained.fingerprint}
     study = {}
     for g in GATE_STUDY[dataset]:
         cell = ctx.cell(f"{dataset}/gate-{g}", lambda g=g: _gate_cell(ctx, dataset, g, config), upstream=fingerprint,
