@@ -27,13 +27,15 @@ from dataclasses import replace
 
 import torch
 
-from modelshield.auth import AuthConfig, AuthKey, AutoGateConfig, choose_gate, embed, independent_key
+from modelshield.attacks.removal import prune_global_magnitude
+from modelshield.auth import AuthConfig, AuthKey, choose_gate, embed, independent_key
 from modelshield.auth.evaluation import accuracy_with_key
 from modelshield.bench.harness import BenchContext
 from modelshield.bench.train_suite import VICTIMS, victim, victim_dataset
 from modelshield.data import load_dataset
 from modelshield.training import evaluate
 
+PRUNE = 0.3  # the bench's pruning criterion: global magnitude pruning of 30% of the conv/linear weights
 SWEEP_SEED = 7_000_000  # independent keys here use seeds from SWEEP_SEED on; the bench uses other seeds
 
 
@@ -64,7 +66,9 @@ def main() -> None:
     ctx = BenchContext("auth", data_root=args.data_root, progress=False, quick=args.quick)
     checkpoint, _ = victim(ctx, args.victim)  # the bench's victim (trained if absent)
     clean_val = evaluate(checkpoint.model, bundle.val).accuracy
-    print(json.dumps({"victim": args.victim, "quick": args.quick, "clean_val": clean_val}), flush=True)
+    clean_prune = evaluate(prune_global_magnitude(checkpoint.model, PRUNE), bundle.val).accuracy
+    print(json.dumps({"victim": args.victim, "quick": args.quick, "clean_val": clean_val,
+                      f"clean_val_prune{PRUNE:.1f}": clean_prune}), flush=True)
     if args.auto:
         config = replace(_config(json.loads(args.overrides[0]) if args.overrides else {}), gate="auto")
         if args.all_candidates:
@@ -87,7 +91,10 @@ def main() -> None:
         independent = [accuracy_with_key(result.model, independent_key(result.model, result.key, bundle.train, config,
                                                                        seed=SWEEP_SEED + i), bundle.val)
                        for i in range(args.independent_keys)]
+        pruned = prune_global_magnitude(result.model, PRUNE)
+        prune_legit, prune_unauthorized = accuracy_with_key(pruned, result.key, bundle.val), evaluate(pruned, bundle.val).accuracy
         print(json.dumps({"overrides": json.loads(text), "gate": result.split.gate, "clean_val": clean_val,
+                          "val_prune_legit": prune_legit, "val_prune_unauthorized": prune_unauthorized,
                           "cpu_seconds": round(cpu, 1), "kept_epoch": result.best_epoch, "val_legit": result.val_legit,
                           "val_unauthorized": result.val_unauthorized,
                           "epochs": [[h["epoch"], h["val_legit"], h["val_unauthorized"], h.get("val_decoy")] for h in result.history],

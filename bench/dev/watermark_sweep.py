@@ -55,6 +55,14 @@ TRIALS: dict[str, tuple[WatermarkConfig, str]] = {
     "ft-w30-e30-c0-lr1e-3-3ep": (replace(BASE, watermark_fraction=0.3, evasion_fraction=0.3, com_weight=0.0, lr=1e-3, epochs=3), "clean"),
     # the authors' two-gradient MGDA (utility vs watermark side), utility weight floored at 0.5
     "ft-mgda-head-w20-e10-c0.1-lr1e-3-3ep": (replace(BASE, mgda="head", watermark_fraction=0.2, evasion_fraction=0.1, com_weight=0.1, lr=1e-3, epochs=3), "clean"),
+    # round 5: soft labels on the clean source images, y_t as their runner-up (source_target_share)
+    "ft-w30-e30-s0.2-lr1e-3-3ep": (replace(BASE, watermark_fraction=0.3, evasion_fraction=0.3, com_weight=0.0, source_target_share=0.2, lr=1e-3, epochs=3), "clean"),
+    "ft-w30-e30-s0.35-lr1e-3-3ep": (replace(BASE, watermark_fraction=0.3, evasion_fraction=0.3, com_weight=0.0, source_target_share=0.35, lr=1e-3, epochs=3), "clean"),
+    "ft-w30-e30-s0.1-lr1e-3-3ep": (replace(BASE, watermark_fraction=0.3, evasion_fraction=0.3, com_weight=0.0, source_target_share=0.1, lr=1e-3, epochs=3), "clean"),
+    "ft-w30-e30-s0.2-lr5e-4-3ep": (replace(BASE, watermark_fraction=0.3, evasion_fraction=0.3, com_weight=0.0, source_target_share=0.2, lr=5e-4, epochs=3), "clean"),
+    "ft-w30-e30-s0.2-lr1e-3-6ep": (replace(BASE, watermark_fraction=0.3, evasion_fraction=0.3, com_weight=0.0, source_target_share=0.2, lr=1e-3, epochs=6), "clean"),
+    "ft-w30-e60-s0.2-lr1e-3-3ep": (replace(BASE, watermark_fraction=0.3, evasion_fraction=0.6, com_weight=0.0, source_target_share=0.2, lr=1e-3, epochs=3), "clean"),
+    "ft-w50-e50-s0.2-lr1e-3-3ep": (replace(BASE, watermark_fraction=0.5, evasion_fraction=0.5, com_weight=0.0, source_target_share=0.2, lr=1e-3, epochs=3), "clean"),
     # from scratch with the mixed cross-entropy (the bench's 12-epoch recipe)
     "scratch-w10-e5-c0.1-lr1e-3-12ep": (WatermarkConfig.from_scratch(watermark_fraction=0.1, evasion_fraction=0.05, com_weight=0.1), "scratch"),
 }
@@ -66,7 +74,11 @@ def _rates(model: torch.nn.Module, val: Any, key: WatermarkKey) -> dict[str, flo
             "wfpr": count_target(model, val, key, samples=SAMPLES, seed=12, evasion=True) / SAMPLES}
 
 
-def run_trial(ctx: BenchContext, name: str, queries: int) -> dict[str, Any]:
+PIRATES = {"default": PirateConfig(), "bench": FULL.pirate}  # PirateConfig() (10 epochs on 20k) or the bench's (6)
+
+
+def run_trial(ctx: BenchContext, name: str, queries: int, pirate_kind: str = "default",
+              pirate_seeds: tuple[int, ...] = (0,)) -> dict[str, Any]:
     config, start = TRIALS[name]
     bundle = ctx.dataset(DATASET)
     key = WatermarkKey.for_dataset(DATASET, seed=ctx.seed)
@@ -87,12 +99,16 @@ def run_trial(ctx: BenchContext, name: str, queries: int) -> dict[str, Any]:
     embed_seconds = time.perf_counter() - t0
     victim.eval()
     t0 = time.perf_counter()
-    transcript = build_attack("distillation", budget=queries, seed=0).collect(ModelOracle(victim, client_id="sweep"),
-                                                                              QueryPool(bundle.attacker.x, "attacker"))
-    pirate = train_pirate(transcript.x, transcript.answers, PirateConfig(seed=0))
-    return {"trial": name, "start": start, "config": asdict(config), "queries": queries,
+    pirates = []
+    for seed in pirate_seeds:
+        transcript = build_attack("distillation", budget=queries, seed=seed).collect(
+            ModelOracle(victim, client_id="sweep"), QueryPool(bundle.attacker.x, "attacker"))
+        pirate = train_pirate(transcript.x, transcript.answers, replace(PIRATES[pirate_kind], seed=seed))
+        pirates.append(_rates(pirate, bundle.val, key))
+    mean = {k: sum(p[k] for p in pirates) / len(pirates) for k in pirates[0]}
+    return {"trial": name, "start": start, "config": asdict(config), "queries": queries, "pirate_kind": pirate_kind,
             "clean": _rates(clean, bundle.val, key), "victim": _rates(victim, bundle.val, key),
-            "pirate": _rates(pirate, bundle.val, key), "embed_seconds": round(embed_seconds, 1),
+            "pirate": mean, "pirates": pirates, "embed_seconds": round(embed_seconds, 1),
             "pirate_seconds": round(time.perf_counter() - t0, 1), "best_epoch": embed.best_epoch,
             "history": embed.history}
 
@@ -112,6 +128,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("trials", nargs="*", default=list(TRIALS))
     parser.add_argument("--queries", type=int, default=5000, help="distillation queries (validation-scale trial)")
+    parser.add_argument("--pirate", choices=sorted(PIRATES), default="default",
+                        help="pirate training: PirateConfig() (default) or the bench's shorter run")
+    parser.add_argument("--pirate-seeds", type=int, default=1, help="pirates per trial (seeds 0..n-1; the table shows the mean)")
     parser.add_argument("--table", action="store_true", help="only print the table of the cached trials")
     args = parser.parse_args()
     ctx = BenchContext("watermark", progress=False)
@@ -120,13 +139,14 @@ def main() -> None:
     results = []
     with ctx.torch_threads(1):
         for name in args.trials:
-            path = out / f"{name}-q{args.queries}.json"
+            suffix = "" if (args.pirate, args.pirate_seeds) == ("default", 1) else f"-{args.pirate}-x{args.pirate_seeds}"
+            path = out / f"{name}-q{args.queries}{suffix}.json"
             if path.exists():
                 results.append(json.loads(path.read_text()))
                 continue
             if args.table:
                 continue
-            r = run_trial(ctx, name, args.queries)
+            r = run_trial(ctx, name, args.queries, args.pirate, tuple(range(args.pirate_seeds)))
             path.write_text(json.dumps(r, indent=1))
             results.append(r)
             print(table([r]).splitlines()[-1], flush=True)

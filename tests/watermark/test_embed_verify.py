@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -120,3 +121,39 @@ def test_from_scratch_embeds_too(models: dict) -> None:  # type: ignore[type-arg
     assert r.reference_accuracy == 0.9 and r.wsr >= 0.6
     assert any(h["score"] >= 2.0 for h in r.history)  # some epoch within the tolerance of the given reference
     assert r.clean_accuracy >= 0.9 - WatermarkConfig().accuracy_tolerance - 1e-9
+
+
+def test_source_target_share_makes_the_target_the_sources_runner_up(models: dict) -> None:  # type: ignore[type-arg]
+    bundle = models["bundle"]
+    sources = bundle.val.x[(bundle.val.y == KEY.source_a) | (bundle.val.y == KEY.source_b)]
+
+    def target_mass(share: float) -> tuple[float, float]:
+        model = copy.deepcopy(models["clean0"])
+        config = replace(CONFIG, epochs=5, source_target_share=share)
+        embed_watermark(model, bundle.train, KEY, val=bundle.val, config=config, progress=False)
+        with torch.no_grad():
+            p = torch.softmax(model.eval()(sources), dim=1)
+        others = p.clone()
+        others[:, [KEY.source_a, KEY.source_b]] = 0
+        # the mean probability of y_t, and how often y_t is the most likely class after the two sources
+        return float(p[:, KEY.target].mean()), float((others.argmax(1) == KEY.target).float().mean())
+
+    plain, shaped = target_mass(0.0), target_mass(0.4)
+    assert shaped[0] > plain[0] + 0.1, (plain, shaped)
+    assert shaped[1] > plain[1], (plain, shaped)
+
+
+def test_source_target_share_soft_labels_and_bounds() -> None:
+    from modelshield.watermark.composites import SourcePool
+    from modelshield.watermark.embedding import WatermarkLoss
+
+    loss = WatermarkLoss(SourcePool(load_dataset("digits").train, KEY), KEY, WatermarkConfig(source_target_share=0.25))
+    y = torch.tensor([KEY.source_a, KEY.source_b, KEY.target, 9 if KEY.target != 9 else 8])
+    t = loss._clean_targets(y, 10)
+    assert t[0, KEY.source_a] == pytest.approx(0.75) and t[0, KEY.target] == pytest.approx(0.25)
+    assert t[1, KEY.source_b] == pytest.approx(0.75) and t[1, KEY.target] == pytest.approx(0.25)
+    assert torch.equal(t[2:], torch.nn.functional.one_hot(y[2:], 10).float())  # other classes keep one-hot labels
+    assert torch.allclose(t.sum(1), torch.ones(4))
+    for bad in (-0.1, 0.5):
+        with pytest.raises(ConfigError, match="source_target_share"):
+            WatermarkConfig(source_target_share=bad)

@@ -86,6 +86,11 @@ class WatermarkConfig:
             classes as runners-up while ``y_t`` wins) or ``reverse`` = ``KL(f(x_wm) || f(x_ref))`` (mode-seeking: it
             fights ``L_ver``, whose ``y_t`` has almost no mass under the references; the sweep's reverse-KL trials
             kept the victim's WSR at 0.5-14%).
+        source_target_share: share of ``y_t`` in the training label of clean source-class images (0: off, plain
+            one-hot labels; below 0.5, so the source class stays the answer). The clean ``x_a`` / ``x_b`` then carry
+            ``y_t`` as their runner-up in the victim's soft outputs, the pull of ``L_com`` taken on the sources' side
+            (the paper's ``L_com`` with the references' outputs not detached), which is what a soft-label pirate
+            sees on ordinary data.
         ver_weight: weight of ``L_ver`` within the watermark side under MGDA (with ``mgda="off"`` the composites
             are part of the one cross-entropy and this is unused).
         mgda: ``off`` (one cross-entropy over the mixed batch plus ``L_com``), ``head`` or ``full`` (two-gradient
@@ -110,6 +115,7 @@ class WatermarkConfig:
     evasion_fraction: float = 0.3
     com_weight: float = 0.0
     com_kl: str = "forward"
+    source_target_share: float = 0.0
     ver_weight: float = 1.0
     mgda: str = "off"
     mgda_floor: float = 0.001
@@ -125,6 +131,8 @@ class WatermarkConfig:
             raise ConfigError(f"evasion_fraction must be in [0, 1], got {self.evasion_fraction}")
         if self.com_weight < 0 or self.ver_weight <= 0 or not (math.isfinite(self.com_weight) and math.isfinite(self.ver_weight)):
             raise ConfigError(f"com_weight must be >= 0 and ver_weight > 0, got {self.com_weight}, {self.ver_weight}")
+        if not 0.0 <= self.source_target_share < 0.5:
+            raise ConfigError(f"source_target_share must be in [0, 0.5), got {self.source_target_share}")
         if self.com_kl not in ("forward", "reverse"):
             raise ConfigError(f"com_kl must be forward or reverse, got {self.com_kl!r}")
         if self.mgda not in MGDA_MODES:
@@ -296,6 +304,21 @@ class WatermarkLoss:
             com = ((pa * (ref[batch.ia] - log_p)).sum(dim=1) + (pb * (ref[batch.ib] - log_p)).sum(dim=1)).mean()
         return clean, wm, eva, com
 
+    def _clean_targets(self, y: torch.Tensor, classes: int) -> torch.Tensor:
+        """Soft labels of the clean images: one-hot, with ``source_target_share`` of a source image's moved to ``y_t``."""
+        target = F.one_hot(y, classes).float()
+        share = self.config.source_target_share
+        source = (y == self.key.source_a) | (y == self.key.source_b)
+        target[source] *= 1.0 - share
+        target[source, self.key.target] += share
+        return target
+
+    def _utility(self, clean: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the clean images (with soft labels when ``source_target_share`` is set)."""
+        if not self.config.source_target_share:
+            return F.cross_entropy(clean, y)
+        return F.cross_entropy(clean, self._clean_targets(y, clean.shape[1]))
+
     def task_losses(self, model: nn.Module, batch: _Batch) -> list[torch.Tensor]:
         """[L_util, ver_weight L_ver + com_weight L_com + L_eva] (the MGDA tasks)."""
         clean, wm, eva, com = self._outputs(model, batch)
@@ -303,7 +326,7 @@ class WatermarkLoss:
         side = self.config.ver_weight * ver + self.config.com_weight * com
         if len(eva):
             side = side + F.cross_entropy(eva, batch.eva_y)
-        return [F.cross_entropy(clean, batch.y), side]
+        return [self._utility(clean, batch.y), side]
 
     def __call__(self, model: nn.Module, batch: _Batch) -> torch.Tensor:
         """The loss of a mixed batch."""
@@ -311,7 +334,13 @@ class WatermarkLoss:
             clean, wm, eva, com = self._outputs(model, batch)
             labels = torch.cat([batch.y, torch.full((len(wm),), self.key.target, dtype=torch.long), batch.eva_y])
             share = len(wm) / len(labels)  # L_com weighs com_weight per composite, relative to its cross-entropy
-            return F.cross_entropy(torch.cat([clean, wm, eva]), labels) + self.config.com_weight * share * com
+            if self.config.source_target_share:  # soft labels for the clean images, one mean over the mixed batch
+                targets = torch.cat([self._clean_targets(batch.y, clean.shape[1]),
+                                     F.one_hot(labels[len(batch.y):], clean.shape[1]).float()])
+                mixed = F.cross_entropy(torch.cat([clean, wm, eva]), targets)
+            else:
+                mixed = F.cross_entropy(torch.cat([clean, wm, eva]), labels)
+            return mixed + self.config.com_weight * share * com
         tasks = self.task_losses(model, batch)
         params = _head_parameters(model) if self.config.mgda == "head" else [p for p in model.parameters() if p.requires_grad]
         rows = []
