@@ -20,6 +20,7 @@ Usage (one thread)::
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import time
@@ -48,6 +49,25 @@ def _config(overrides: dict) -> AuthConfig:  # type: ignore[type-arg]
     if auto:
         config = replace(config, auto=replace(config.auto, **auto))
     return config
+
+
+def _prune_parts(result, pruned: torch.nn.Module, val) -> dict:  # type: ignore[no-untyped-def, type-arg]
+    """Where the pruning damage is: the pruned weights' share in the head and the tail, and the accuracy with the
+    key when only the head's (only the tail's) pruned weights are applied."""
+    tail = {id(p) for p in result.split.tail_parameters(result.model)}
+    out = {}
+    for part in ("head", "tail"):
+        mixed = copy.deepcopy(result.model)
+        zeros = total = 0
+        for p_orig, p_mixed, p_pruned in zip(result.model.parameters(), mixed.parameters(), pruned.parameters()):
+            if (part == "tail") == (id(p_orig) in tail) and p_mixed.dim() > 1:  # conv/linear weights of that part
+                with torch.no_grad():
+                    p_mixed.copy_(p_pruned)
+                zeros += int((p_pruned == 0).sum())
+                total += p_pruned.numel()
+        out[f"val_prune_{part}_only_legit"] = accuracy_with_key(mixed, result.key, val)
+        out[f"prune_{part}_sparsity"] = zeros / max(total, 1)
+    return out
 
 
 def main() -> None:
@@ -93,8 +113,9 @@ def main() -> None:
                        for i in range(args.independent_keys)]
         pruned = prune_global_magnitude(result.model, PRUNE)
         prune_legit, prune_unauthorized = accuracy_with_key(pruned, result.key, bundle.val), evaluate(pruned, bundle.val).accuracy
+        prune_parts = _prune_parts(result, pruned, bundle.val)
         print(json.dumps({"overrides": json.loads(text), "gate": result.split.gate, "clean_val": clean_val,
-                          "val_prune_legit": prune_legit, "val_prune_unauthorized": prune_unauthorized,
+                          "val_prune_legit": prune_legit, "val_prune_unauthorized": prune_unauthorized, **prune_parts,
                           "cpu_seconds": round(cpu, 1), "kept_epoch": result.best_epoch, "val_legit": result.val_legit,
                           "val_unauthorized": result.val_unauthorized,
                           "epochs": [[h["epoch"], h["val_legit"], h["val_unauthorized"], h.get("val_decoy")] for h in result.history],
