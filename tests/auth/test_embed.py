@@ -142,6 +142,8 @@ def test_the_architecture_recipe_fills_only_the_fields_left_open() -> None:
 
     assert AuthConfig().for_model(tiny_cnn()).tail_epochs == GENERIC_RECIPE["tail_epochs"], "not in the zoo: generic"
     assert AuthConfig(tail_epochs=2).for_model(build_model("resnet20", in_channels=1, image_size=8, num_classes=2)).tail_epochs == 2
+    assert AuthConfig().for_model(tiny_cnn()).keyed_weight == GENERIC_RECIPE["keyed_weight"]
+    assert AuthConfig(keyed_weight=3.0).for_model(build_model("resnet20", in_channels=1, image_size=8, num_classes=2)).keyed_weight == 3.0
     with pytest.raises(ConfigError, match="tail_epochs"):
         AuthConfig(tail_epochs=0)
     data = make_synthetic(40, num_classes=3, image_size=8, seed=4)
@@ -150,6 +152,7 @@ def test_the_architecture_recipe_fills_only_the_fields_left_open() -> None:
     result = embed(model, data[torch.arange(32)], data[torch.arange(32, 40)], config=config, progress=False)
     epochs = ARCHITECTURE_RECIPES["ResNet20"]["tail_epochs"]
     assert result.config.tail_epochs == epochs and len(result.history) == epochs, "embedding ran the architecture's recipe"
+    assert result.config.keyed_weight == ARCHITECTURE_RECIPES["ResNet20"]["keyed_weight"] != GENERIC_RECIPE["keyed_weight"]
     assert result.config == config.for_model(model), "the result records the configuration it ran with"
 
 

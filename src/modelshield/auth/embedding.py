@@ -69,8 +69,8 @@ __all__ = ["ARCHITECTURE_RECIPES", "GENERIC_RECIPE", "AuthConfig", "EmbedResult"
 # The recipe fields whose default depends on the architecture (AuthConfig fields left at None): the generic value,
 # and the zoo architectures that differ from it, by class name. Chosen on the validation split only
 # (bench/dev/auth_val_sweep.py; the README's AuthNet section has the runs).
-GENERIC_RECIPE: dict[str, int] = {"tail_epochs": 8}
-ARCHITECTURE_RECIPES: dict[str, dict[str, int]] = {"ResNet20": {"tail_epochs": 12}}
+GENERIC_RECIPE: dict[str, float] = {"tail_epochs": 8, "keyed_weight": 2.0}
+ARCHITECTURE_RECIPES: dict[str, dict[str, float]] = {"ResNet20": {"tail_epochs": 12, "keyed_weight": 4.0}}
 
 
 def default_num_bits(channels: int) -> int:
@@ -116,8 +116,10 @@ class AuthConfig:
         near_share: extension beyond the paper (default 0.5). This share of the decoy negatives is under a
             partial copy of the key (:func:`near_keyed`: a random 0-80% of its pixels, the rest random or
             plain), so the tail needs the whole key, not something near it. No effect with ``decoy_ratio = 0``.
-        keyed_weight: weight of the keyed samples' loss (default 2; the negatives weigh 1), which keeps the
-            legitimate accuracy close to the clean model's while the tail learns to reject.
+        keyed_weight: weight of the keyed samples' loss (the negatives weigh 1), which keeps the legitimate
+            accuracy close to the clean model's while the tail learns to reject. None (default) = the architecture's
+            (:data:`ARCHITECTURE_RECIPES`: ResNet-20 4, whose tail otherwise loses more than a point with the key),
+            else 2 (:data:`GENERIC_RECIPE`).
         distill: extension beyond the paper (default 0.5; 0 = true labels only, the paper's loss). Share of the
             keyed samples' loss taken from the clean model's own predictions on the plain image (knowledge
             distillation, temperature ``distill_temperature``) instead of the true label alone, so a large tail
@@ -145,7 +147,7 @@ class AuthConfig:
     decoy_ratio: float = 1.5
     decoy_keys: int = 2
     near_share: float = 0.5
-    keyed_weight: float = 2.0
+    keyed_weight: float | None = None
     distill: float = 0.5
     distill_temperature: float = 4.0
     key_images: int | None = 2000
@@ -168,7 +170,7 @@ class AuthConfig:
             raise ConfigError(f"decoy_ratio must be in [0, 4], got {self.decoy_ratio}")
         if not 0 <= self.decoy_keys <= 64:
             raise ConfigError(f"decoy_keys must be in 0..64, got {self.decoy_keys}")
-        if not 0 < self.keyed_weight <= 100:
+        if self.keyed_weight is not None and not 0 < self.keyed_weight <= 100:
             raise ConfigError(f"keyed_weight must be in (0, 100], got {self.keyed_weight}")
         if not 0 <= self.distill <= 1 or not self.distill_temperature > 0:
             raise ConfigError(f"distill must be in [0, 1] and distill_temperature > 0, got {self.distill}, {self.distill_temperature}")
@@ -195,6 +197,8 @@ class AuthConfig:
             >>> lenet = build_model("lenet5", in_channels=1, image_size=8, num_classes=2)
             >>> AuthConfig().for_model(resnet).tail_epochs, AuthConfig().for_model(lenet).tail_epochs
             (12, 8)
+            >>> AuthConfig().for_model(resnet).keyed_weight, AuthConfig().for_model(lenet).keyed_weight
+            (4.0, 2.0)
             >>> AuthConfig(tail_epochs=3).for_model(resnet).tail_epochs
             3
         """

@@ -124,7 +124,7 @@ def register(sub: Subparsers) -> None:
         "decoy_ratio": "extra negatives under other keys, per training image (0 with --decoy-keys 0: the paper's method)",
         "decoy_keys": "independently generated keys among the decoys",
         "near_share": "share of the decoys under partial copies of the key (near misses)",
-        "keyed_weight": "loss weight of the keyed samples (negatives weigh 1)",
+        "keyed_weight": "loss weight of the keyed samples (negatives weigh 1; default: the architecture's; ResNet-20 4, else 2)",
         "distill": "share of the keyed samples' loss taken from the clean model's soft predictions (0 = true labels only)",
         "seed": "seed for a reproducible key (default: fresh randomness; a known seed lets anyone with the data "
                 "regenerate the key)",
