@@ -20,8 +20,9 @@ figures in the README's AuthNet section):
   with the key, 5.82% without, random keys at most 7.9%, independent keys at most 12.8%, decoy keys 12.9%, about
   0.22x of its clean training (8 tail epochs; its default recipe now runs 12 with the keyed samples weighing 4,
   :data:`~modelshield.auth.ARCHITECTURE_RECIPES`: on a retrained victim at 92.32%, 91.24% with the key). Its
-  former default ``body.layer3`` leaves only pooling and the classifier as the tail and gave no protection (a 3-epoch victim: 84.4% with the key, 86.3% without); ``auto`` as the default
-  would cost its trials on top (about 0.6x). The bench's gate study re-measures it beside ``body.layer3.1`` and
+  former default ``body.layer3`` leaves only pooling and the classifier as the tail and gave no protection (a
+  3-epoch victim: 84.4% with the key, 86.3% without); ``auto`` as the default would cost its trials on top
+  (about 0.6x). The bench's gate study re-measures it beside ``body.layer3.1`` and
   ``body.layer3``.
 * any other network: ``"auto"`` (:func:`gate_candidates`, :mod:`modelshield.auth.autogate`).
 
