@@ -6,7 +6,7 @@ victims). Two modes:
 
 * runs: embed with ``AuthConfig()`` (the library defaults, zoo gate) plus each JSON object of overrides
   (``{"gate": "body.pool2"}``, ``{"decoy_keys": 6}``, ``{"key": {"epochs": 8}}``); one JSON line per run: kept
-  epoch, with key / no key / decoy keys per epoch, three random keys, ``--independent-keys`` keys generated
+  epoch, with key / no key / decoy keys per epoch, ``--random-keys`` random keys (3), ``--independent-keys`` keys generated
   independently (other seeds than the bench's), CPU seconds.
 * ``--auto``: the ``gate="auto"`` trials as a user gets them (``--all-candidates``: every affordable candidate),
   one JSON line per trial; the zoo defaults in ``auth/gate.py`` come from these tables and the runs above.
@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="the quick victim (2 epochs on 10,000 images)")
     parser.add_argument("--independent-keys", type=int, default=0,
                         help="also score this many keys generated independently on the validation split")
+    parser.add_argument("--random-keys", type=int, default=3, help="uniformly random keys scored per run (default 3)")
     parser.add_argument("--auto", action="store_true", help="print the gate=auto trial table (AutoGateConfig() as a user gets it)")
     parser.add_argument("--all-candidates", action="store_true", help="with --auto: every affordable candidate, not the deepest 4")
     args = parser.parse_args()
@@ -106,8 +107,9 @@ def main() -> None:
         result = embed(checkpoint.model, bundle.train, bundle.val, config=config, progress=False)
         cpu = time.process_time() - start
         gen = torch.Generator().manual_seed(123)
-        randoms = [accuracy_with_key(result.model, AuthKey.random(result.key.input_shape, result.key.normalization, generator=gen), bundle.val)
-                   for _ in range(3)]
+        randoms = [accuracy_with_key(result.model, AuthKey.random(result.key.input_shape, result.key.normalization, generator=gen,
+                                                                  theta=result.key.theta), bundle.val)
+                   for _ in range(args.random_keys)]
         independent = [accuracy_with_key(result.model, independent_key(result.model, result.key, bundle.train, config,
                                                                        seed=SWEEP_SEED + i), bundle.val)
                        for i in range(args.independent_keys)]
@@ -119,7 +121,7 @@ def main() -> None:
                           "cpu_seconds": round(cpu, 1), "kept_epoch": result.best_epoch, "val_legit": result.val_legit,
                           "val_unauthorized": result.val_unauthorized,
                           "epochs": [[h["epoch"], h["val_legit"], h["val_unauthorized"], h.get("val_decoy")] for h in result.history],
-                          "val_random_keys": randoms, "val_independent_keys": independent,
+                          "val_random_keys": randoms, "val_random_mean": statistics.fmean(randoms) if randoms else None, "val_independent_keys": independent,
                           "independent_worst": max(independent, default=None),
                           "independent_mean": statistics.fmean(independent) if independent else None}), flush=True)
 

@@ -44,6 +44,8 @@ def test_independent_keys_follow_the_public_procedure_on_other_randomness(protec
     again = independent_key(result.model, result.key, protected.train, config, seed=1)
     assert a == again and a != b and a != result.key
     assert a.gate == result.key.gate and len(a.bits) == len(result.key.bits) and a.model_fingerprint is None
+    wide = AuthKey(result.key.mask_raw, result.key.offset, result.key.normalization, result.key.gate, bits=result.key.bits, theta=1.5)
+    assert independent_key(result.model, wide, protected.train, config, seed=1).theta == 1.5, "the key's own key space"
 
 
 def test_the_gap_comes_from_the_tail_training_not_from_the_key(protected: Protected) -> None:
@@ -144,6 +146,10 @@ def test_the_architecture_recipe_fills_only_the_fields_left_open() -> None:
     assert AuthConfig(tail_epochs=2).for_model(build_model("resnet20", in_channels=1, image_size=8, num_classes=2)).tail_epochs == 2
     assert AuthConfig().for_model(tiny_cnn()).keyed_weight == GENERIC_RECIPE["keyed_weight"]
     assert AuthConfig(keyed_weight=3.0).for_model(build_model("resnet20", in_channels=1, image_size=8, num_classes=2)).keyed_weight == 3.0
+    lenet = build_model("lenet5", in_channels=1, image_size=8, num_classes=2)
+    assert AuthConfig().for_model(lenet).key.theta == ARCHITECTURE_RECIPES["LeNet5"]["key_theta"] != GENERIC_RECIPE["key_theta"]
+    assert AuthConfig().for_model(tiny_cnn()).key.theta == GENERIC_RECIPE["key_theta"], "key fields fill in as the others"
+    assert AuthConfig(key=KeyGenConfig(theta=0.7)).for_model(lenet).key.theta == 0.7, "an explicit theta wins"
     with pytest.raises(ConfigError, match="tail_epochs"):
         AuthConfig(tail_epochs=0)
     data = make_synthetic(40, num_classes=3, image_size=8, seed=4)

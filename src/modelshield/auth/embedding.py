@@ -56,7 +56,7 @@ from modelshield.auth.autogate import AutoGateConfig, GateChoice, GateTrial, tri
 from modelshield.auth.bits import AuthBits, channel_means, select_bits
 from modelshield.auth.evaluation import accuracy_with_key
 from modelshield.auth.gate import AUTO, GateSplit, TailRunner, default_gate, forward_macs, gate_candidates, gate_output, trace_gate
-from modelshield.auth.key import AuthKey
+from modelshield.auth.key import DEFAULT_THETA, AuthKey
 from modelshield.auth.keygen import KeyGenConfig, generate_key
 from modelshield.data.types import Normalization, TensorData
 from modelshield.errors import ConfigError
@@ -69,8 +69,11 @@ __all__ = ["ARCHITECTURE_RECIPES", "GENERIC_RECIPE", "AuthConfig", "EmbedResult"
 # The recipe fields whose default depends on the architecture (AuthConfig fields left at None): the generic value,
 # and the zoo architectures that differ from it, by class name. Chosen on the validation split only
 # (bench/dev/auth_val_sweep.py; the README's AuthNet section has the runs).
-GENERIC_RECIPE: dict[str, float] = {"tail_epochs": 8, "keyed_weight": 2.0}
-ARCHITECTURE_RECIPES: dict[str, dict[str, float]] = {"ResNet20": {"tail_epochs": 12, "keyed_weight": 4.0}}
+# A ``key_`` prefix names a field of the key-generation config (``key_theta`` -> ``AuthConfig.key.theta``).
+GENERIC_RECIPE: dict[str, float] = {"tail_epochs": 8, "keyed_weight": 2.0, "key_theta": DEFAULT_THETA}
+ARCHITECTURE_RECIPES: dict[str, dict[str, float]] = {"ResNet20": {"tail_epochs": 12, "keyed_weight": 4.0},
+                                                     "LeNet5": {"tail_epochs": 6, "key_theta": 1.0}}
+_KEY_PREFIX = "key_"
 
 
 def default_num_bits(channels: int) -> int:
@@ -92,14 +95,19 @@ class AuthConfig:
             for zoo models, else ``"auto"``); ``"auto"`` = chosen by embedding trials scored on the validation
             split, cheapest tail first (:mod:`~modelshield.auth.autogate`, set by ``auto``).
         num_bits: ``N``; None = :func:`default_num_bits` of the gate's channel count.
-        bit_pool: draw the bits at random among this many lowest live channels. None (default) = ``4 N``
-            capped at the number of live channels, so independently generated keys switch on different bits;
-            ``bit_pool = num_bits`` is the paper's deterministic choice (the lowest N).
+        bit_pool: draw the bits at random among this many lowest live channels. None (default) = ``8 N`` capped at
+            the number of live channels (every live channel of a 64-channel gate with its 8 bits), so independently
+            generated keys switch on different bits; ``bit_pool = num_bits`` is the paper's deterministic choice (the
+            lowest N). Validation split, 10 independently generated keys, worst / mean (with key), ``4 N`` -> ``8 N``:
+            ResNet-20 ``body.layer3.0`` 29.1% / 14.7% (91.24%) -> 19.0% / 12.9% (91.36%); small VGG ``body.block2``
+            34.7% / 19.4% (91.76%) -> 27.1% / 18.1% (91.96%); LeNet-5's 6-channel gate has every channel in both.
         gamma: bit target multiplier (``t = gamma * a_max``).
-        key: key-generation hyperparameters (its seed defaults to this config's seed).
+        key: key-generation hyperparameters (its seed defaults to this config's seed; its ``theta``, left at None, to
+            the architecture's: :data:`ARCHITECTURE_RECIPES` LeNet-5 1.0, else 0.5, the paper's).
         tail_epochs: epochs of tail fine-tuning; None (default) = the architecture's (:data:`ARCHITECTURE_RECIPES`:
-            ResNet-20 12, whose deeper tail needs the longer run to stay within a point of the clean model), else 8
-            (:data:`GENERIC_RECIPE`). :meth:`for_model` fills it in.
+            ResNet-20 12, whose deeper tail needs the longer run to stay within a point of the clean model; LeNet-5 6,
+            which with its key space ``theta = 1`` rejects other keys by epoch 5), else 8 (:data:`GENERIC_RECIPE`).
+            :meth:`for_model` fills it in.
         tail_batch_size: batch size (keyed and plain samples mixed).
         tail_lr: Adam learning rate.
         lr_milestones: fractions of the run after which the learning rate is multiplied by 0.1.
@@ -196,23 +204,30 @@ class AuthConfig:
             >>> resnet = build_model("resnet20", in_channels=1, image_size=8, num_classes=2)
             >>> lenet = build_model("lenet5", in_channels=1, image_size=8, num_classes=2)
             >>> AuthConfig().for_model(resnet).tail_epochs, AuthConfig().for_model(lenet).tail_epochs
-            (12, 8)
+            (12, 6)
             >>> AuthConfig().for_model(resnet).keyed_weight, AuthConfig().for_model(lenet).keyed_weight
             (4.0, 2.0)
             >>> AuthConfig(tail_epochs=3).for_model(resnet).tail_epochs
             3
+            >>> AuthConfig().for_model(lenet).key.theta, AuthConfig().for_model(resnet).key.theta
+            (1.0, 0.5)
         """
         recipe = {**GENERIC_RECIPE, **ARCHITECTURE_RECIPES.get(type(model).__name__, {})}
-        return replace(self, **{name: value for name, value in recipe.items() if getattr(self, name) is None})
+        key = replace(self.key, **{name[len(_KEY_PREFIX):]: value for name, value in recipe.items()
+                                   if name.startswith(_KEY_PREFIX) and getattr(self.key, name[len(_KEY_PREFIX):]) is None})
+        return replace(self, key=key, **{name: value for name, value in recipe.items()
+                                         if not name.startswith(_KEY_PREFIX) and getattr(self, name) is None})
 
     def pool_size(self, means: torch.Tensor, num_bits: int) -> int:
-        """How many lowest live channels the bits are drawn from: ``bit_pool``, else ``4 N`` capped at the live ones.
+        """How many lowest live channels the bits are drawn from: ``bit_pool``, else ``8 N`` capped at the live ones.
 
         Example:
             >>> AuthConfig().pool_size(torch.tensor([0.0, 0.1, 0.2, 0.3]), 2), AuthConfig(bit_pool=2).pool_size(torch.ones(8), 2)
             (3, 2)
+            >>> AuthConfig().pool_size(torch.ones(64), 8), AuthConfig().pool_size(torch.ones(512), 16)
+            (64, 128)
         """
-        return self.bit_pool or max(num_bits, min(4 * num_bits, int((means > 0).sum())))
+        return self.bit_pool or max(num_bits, min(8 * num_bits, int((means > 0).sum())))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (the seed is left out: it can regenerate the key)."""
@@ -505,7 +520,8 @@ def independent_key(model: nn.Module, key: AuthKey, train: TensorData, config: A
     method (and has the model and training data) but not the secret would try.
 
     The bits are drawn afresh (``config``'s pool rule, the same count as ``key``'s), on a fresh subset of
-    ``config.key_images`` training images, and the key is generated with ``config.key`` from a fresh start.
+    ``config.key_images`` training images, and the key is generated with ``config.key`` from a fresh start, in the
+    key space ``key`` names (its ``theta``, which the key file records).
 
     Args:
         model: the protected model.
@@ -520,7 +536,8 @@ def independent_key(model: nn.Module, key: AuthKey, train: TensorData, config: A
     num_bits = len(key.bits) or (config.num_bits or 1)
     bits = select_bits(means, num_bits, config.gamma, pool=config.pool_size(means, num_bits),
                        generator=torch.Generator().manual_seed(_independent_subseed(seed, "bits")))
-    return generate_key(model, key.gate, x, bits, key.normalization, replace(config.key, seed=_independent_subseed(seed, "key"))).key
+    key_config = replace(config.key, seed=_independent_subseed(seed, "key"), theta=key.theta)  # the key file names its key space
+    return generate_key(model, key.gate, x, bits, key.normalization, key_config).key
 
 
 def _gate_subseed(seed: int, tag: str) -> int:

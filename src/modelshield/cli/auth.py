@@ -51,7 +51,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
                         tail_epochs=args.tail_epochs, tail_lr=args.tail_lr, decoy_ratio=args.decoy_ratio,
                         decoy_keys=args.decoy_keys, near_share=args.near_share, keyed_weight=args.keyed_weight,
                         distill=args.distill, key_images=args.key_images, train_images=args.train_images,
-                        seed=args.seed, key=KeyGenConfig(epochs=args.key_epochs))
+                        seed=args.seed, key=KeyGenConfig(epochs=args.key_epochs, theta=args.key_theta))
     result = embed(checkpoint.model, bundle.train, bundle.val, config=config, progress=not args.quiet)
     clean = evaluate(checkpoint.model, bundle.test).accuracy
     report = evaluate_auth(result.model, result.key, bundle.test, random_keys=0)
@@ -114,12 +114,13 @@ def register(sub: Subparsers) -> None:
         "gate": "gate module name, or 'auto' (embedding trials on the validation split, cheapest tail first); default: the zoo "
                 "architecture's gate, else auto",
         "bits": "number of authentication bits (default: 1 per 8 gate channels, 2..16)",
-        "bit_pool": "draw the bits among this many lowest live channels (default 4x bits; = --bits: the paper's fixed choice)",
+        "bit_pool": "draw the bits among this many lowest live channels (default 8x bits, at most every live channel; = --bits: the paper's fixed choice)",
         "gamma": "bit target multiplier",
         "key_epochs": None,
+        "key_theta": None,
         "key_images": "generate keys on a subset of N training images",
         "train_images": "fine-tune the tail on a subset of N training images",
-        "tail_epochs": "tail fine-tuning epochs (default: the architecture's; ResNet-20 12, else 8)",
+        "tail_epochs": "tail fine-tuning epochs (default: the architecture's; ResNet-20 12, LeNet-5 6, else 8)",
         "tail_lr": "tail learning rate (Adam)",
         "decoy_ratio": "extra negatives under other keys, per training image (0 with --decoy-keys 0: the paper's method)",
         "decoy_keys": "independently generated keys among the decoys",
@@ -132,6 +133,10 @@ def register(sub: Subparsers) -> None:
     for name, help_text in option.items():
         if name == "key_epochs":
             add_config_option(p, KeyGenConfig, "epochs", "--key-epochs", help="key-generation epochs")
+        elif name == "key_theta":
+            add_config_option(p, KeyGenConfig, "theta", "--key-theta",
+                              help="bound on the key's offset in normalised space (default: the architecture's; LeNet-5 1.0, "
+                                   "else the paper's 0.5)")
         else:
             add_config_option(p, AuthConfig, _RENAMED.get(name, name), f"--{name.replace('_', '-')}", dest=name,
                               help=help_text)
