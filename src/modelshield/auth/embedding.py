@@ -95,12 +95,13 @@ class AuthConfig:
             for zoo models, else ``"auto"``); ``"auto"`` = chosen by embedding trials scored on the validation
             split, cheapest tail first (:mod:`~modelshield.auth.autogate`, set by ``auto``).
         num_bits: ``N``; None = :func:`default_num_bits` of the gate's channel count.
-        bit_pool: draw the bits at random among this many lowest live channels. None (default) = ``8 N`` capped at
-            the number of live channels (every live channel of a 64-channel gate with its 8 bits), so independently
-            generated keys switch on different bits; ``bit_pool = num_bits`` is the paper's deterministic choice (the
-            lowest N). Validation split, 10 independently generated keys, worst / mean (with key), ``4 N`` -> ``8 N``:
-            ResNet-20 ``body.layer3.0`` 29.1% / 14.7% (91.24%) -> 19.0% / 12.9% (91.36%); small VGG ``body.block2``
-            34.7% / 19.4% (91.76%) -> 27.1% / 18.1% (91.96%); LeNet-5's 6-channel gate has every channel in both.
+        bit_pool: draw the bits at random among this many lowest live channels. None (default) =
+            ``bit_pool_factor * N`` capped at the number of live channels, so independently generated keys switch on
+            different bits; ``bit_pool = num_bits`` is the paper's deterministic choice (the lowest N).
+        bit_pool_factor: the default pool in bits (default 8: every live channel of a 64-channel gate with its 8
+            bits). Validation split, 10 independently generated keys, worst / mean (with key), 4 -> 8: ResNet-20
+            ``body.layer3.0`` 29.1% / 14.7% (91.24%) -> 19.0% / 12.9% (91.36%); small VGG ``body.block2`` 34.7% /
+            19.4% (91.76%) -> 27.1% / 18.1% (91.96%); LeNet-5's 6-channel gate has every channel in both.
         gamma: bit target multiplier (``t = gamma * a_max``).
         key: key-generation hyperparameters (its seed defaults to this config's seed; its ``theta``, left at None, to
             the architecture's: :data:`ARCHITECTURE_RECIPES` LeNet-5 1.0, else 0.5, the paper's).
@@ -145,6 +146,7 @@ class AuthConfig:
     gate: str | None = None
     num_bits: int | None = None
     bit_pool: int | None = None
+    bit_pool_factor: int = 8
     gamma: float = 2.0
     key: KeyGenConfig = field(default_factory=KeyGenConfig)
     tail_epochs: int | None = None
@@ -168,6 +170,8 @@ class AuthConfig:
             raise ConfigError(f"num_bits must be >= 1, got {self.num_bits}")
         if self.bit_pool is not None and self.num_bits is not None and self.bit_pool < self.num_bits:
             raise ConfigError(f"bit_pool ({self.bit_pool}) must be >= num_bits ({self.num_bits})")
+        if self.bit_pool_factor < 1:
+            raise ConfigError(f"bit_pool_factor must be >= 1, got {self.bit_pool_factor}")
         if not self.gamma > 0:
             raise ConfigError(f"gamma must be > 0, got {self.gamma}")
         if (self.tail_epochs is not None and self.tail_epochs < 1) or self.tail_batch_size < 1:
@@ -219,7 +223,8 @@ class AuthConfig:
                                          if not name.startswith(_KEY_PREFIX) and getattr(self, name) is None})
 
     def pool_size(self, means: torch.Tensor, num_bits: int) -> int:
-        """How many lowest live channels the bits are drawn from: ``bit_pool``, else ``8 N`` capped at the live ones.
+        """How many lowest live channels the bits are drawn from: ``bit_pool``, else ``bit_pool_factor * N`` capped at
+        the live ones.
 
         Example:
             >>> AuthConfig().pool_size(torch.tensor([0.0, 0.1, 0.2, 0.3]), 2), AuthConfig(bit_pool=2).pool_size(torch.ones(8), 2)
@@ -227,7 +232,7 @@ class AuthConfig:
             >>> AuthConfig().pool_size(torch.ones(64), 8), AuthConfig().pool_size(torch.ones(512), 16)
             (64, 128)
         """
-        return self.bit_pool or max(num_bits, min(8 * num_bits, int((means > 0).sum())))
+        return self.bit_pool or max(num_bits, min(self.bit_pool_factor * num_bits, int((means > 0).sum())))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (the seed is left out: it can regenerate the key)."""
