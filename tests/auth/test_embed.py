@@ -150,6 +150,10 @@ def test_the_architecture_recipe_fills_only_the_fields_left_open() -> None:
     assert AuthConfig().for_model(lenet).key.theta == ARCHITECTURE_RECIPES["LeNet5"]["key_theta"] != GENERIC_RECIPE["key_theta"]
     assert AuthConfig().for_model(tiny_cnn()).key.theta == GENERIC_RECIPE["key_theta"], "key fields fill in as the others"
     assert AuthConfig(key=KeyGenConfig(theta=0.7)).for_model(lenet).key.theta == 0.7, "an explicit theta wins"
+    vgg = build_model("vgg", in_channels=1, image_size=8, num_classes=2)
+    assert AuthConfig().for_model(vgg).decoy_keys == ARCHITECTURE_RECIPES["SmallVGG"]["decoy_keys"] != GENERIC_RECIPE["decoy_keys"]
+    assert AuthConfig(decoy_ratio=0.0).for_model(vgg).decoy_keys == 0, "no decoy negatives: no decoy keys (the paper)"
+    assert AuthConfig(decoy_keys=1).for_model(vgg).decoy_keys == 1
     with pytest.raises(ConfigError, match="tail_epochs"):
         AuthConfig(tail_epochs=0)
     data = make_synthetic(40, num_classes=3, image_size=8, seed=4)

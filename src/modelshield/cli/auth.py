@@ -123,7 +123,7 @@ def register(sub: Subparsers) -> None:
         "tail_epochs": "tail fine-tuning epochs (default: the architecture's; ResNet-20 12, LeNet-5 6, else 8)",
         "tail_lr": "tail learning rate (Adam)",
         "decoy_ratio": "extra negatives under other keys, per training image (0 with --decoy-keys 0: the paper's method)",
-        "decoy_keys": "independently generated keys among the decoys",
+        "decoy_keys": "independently generated keys among the decoys (default: the architecture's; small VGG 4, else 2)",
         "near_share": "share of the decoys under partial copies of the key (near misses)",
         "keyed_weight": "loss weight of the keyed samples (negatives weigh 1; default: the architecture's; ResNet-20 4, else 2)",
         "distill": "share of the keyed samples' loss taken from the clean model's soft predictions (0 = true labels only)",
