@@ -50,8 +50,10 @@ def test_auto_picks_a_gate_for_a_cnn_outside_the_zoo_and_records_the_trials(tmp_
     # a tiny network trains in no time: allow any tail (stage1's is 83% of the multiply-adds)
     auto = AutoGateConfig(val_images=200, random_keys=2, independent_keys=1, max_tail_share=1.0, accept_score=0.3)
     # every pixel for the key: a quarter of a 12x12 image is too few for this check (MNIST's 28x28 is the default's case)
+    # bits from the 4 N lowest channels (the earlier default): with the 8 N default stage2 protects this tiny network
+    # too, and this test needs a candidate that fails to exercise the refusal and the fallback to the next gate
     config = AuthConfig(tail_epochs=20, tail_lr=3e-3, tail_batch_size=128, decoy_keys=1, key_images=None, seed=0,
-                        key=KeyGenConfig(seed=0, support=1.0), auto=auto)
+                        bit_pool_factor=4, key=KeyGenConfig(seed=0, support=1.0), auto=auto)
     assert config.gate is None  # not in the zoo: None means "auto"
     # with the default cost cap the expensive stage1 is no candidate; stage2 alone does not protect this
     # network, so auto refuses (with the trial table) rather than return a model that needs no key
