@@ -19,7 +19,8 @@ figures in the README's AuthNet section):
   resnet20-fashion-mnist --independent-keys 3 '{"gate": "body.layer3.0"}'``, 12-epoch victim at 91.98%): 90.78%
   with the key, 5.82% without, random keys at most 7.9%, independent keys at most 12.8%, decoy keys 12.9%, about
   0.22x of its clean training (8 tail epochs; its default recipe now runs 12 with the keyed samples weighing 4,
-  :data:`~modelshield.auth.ARCHITECTURE_RECIPES`: on a retrained victim at 92.32%, 91.24% with the key). Its
+  :data:`~modelshield.auth.ARCHITECTURE_RECIPES`: on a retrained victim at 92.32%, 91.36% with the key and the
+  bits drawn from every channel). Its
   former default ``body.layer3`` leaves only pooling and the classifier as the tail and gave no protection (a
   3-epoch victim: 84.4% with the key, 86.3% without); ``auto`` as the default would cost its trials on top
   (about 0.6x). The bench's gate study re-measures it beside ``body.layer3.1`` and
