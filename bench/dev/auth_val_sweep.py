@@ -43,7 +43,7 @@ SWEEP_SEED = 7_000_000  # independent keys here use seeds from SWEEP_SEED on; th
 def _config(overrides: dict) -> AuthConfig:  # type: ignore[type-arg]
     key = overrides.pop("key", None)
     auto = overrides.pop("auto", None)
-    config = replace(AuthConfig(), seed=0, **overrides)
+    config = replace(AuthConfig(), **{"seed": 0, **overrides})  # seed 0 unless the run names one
     if key:
         config = replace(config, key=replace(config.key, **key))
     if auto:

@@ -147,8 +147,8 @@ def test_the_architecture_recipe_fills_only_the_fields_left_open() -> None:
     assert AuthConfig().for_model(tiny_cnn()).keyed_weight == GENERIC_RECIPE["keyed_weight"]
     assert AuthConfig(keyed_weight=3.0).for_model(build_model("resnet20", in_channels=1, image_size=8, num_classes=2)).keyed_weight == 3.0
     lenet = build_model("lenet5", in_channels=1, image_size=8, num_classes=2)
-    assert AuthConfig().for_model(lenet).key.theta == ARCHITECTURE_RECIPES["LeNet5"]["key_theta"] != GENERIC_RECIPE["key_theta"]
-    assert AuthConfig().for_model(tiny_cnn()).key.theta == GENERIC_RECIPE["key_theta"], "key fields fill in as the others"
+    assert AuthConfig().for_model(lenet).key.theta == ARCHITECTURE_RECIPES["LeNet5"]["key.theta"] != GENERIC_RECIPE["key.theta"]
+    assert AuthConfig().for_model(tiny_cnn()).key.theta == GENERIC_RECIPE["key.theta"], "key fields fill in as the others"
     assert AuthConfig(key=KeyGenConfig(theta=0.7)).for_model(lenet).key.theta == 0.7, "an explicit theta wins"
     vgg = build_model("vgg", in_channels=1, image_size=8, num_classes=2)
     assert AuthConfig().for_model(vgg).decoy_keys == ARCHITECTURE_RECIPES["SmallVGG"]["decoy_keys"] != GENERIC_RECIPE["decoy_keys"]

@@ -69,12 +69,12 @@ __all__ = ["ARCHITECTURE_RECIPES", "GENERIC_RECIPE", "AuthConfig", "EmbedResult"
 # The recipe fields whose default depends on the architecture (AuthConfig fields left at None): the generic value,
 # and the zoo architectures that differ from it, by class name. Chosen on the validation split only
 # (bench/dev/auth_val_sweep.py; the README's AuthNet section has the runs).
-# A ``key_`` prefix names a field of the key-generation config (``key_theta`` -> ``AuthConfig.key.theta``).
-GENERIC_RECIPE: dict[str, float] = {"tail_epochs": 8, "keyed_weight": 2.0, "decoy_keys": 2, "key_theta": DEFAULT_THETA}
+# A ``key.`` prefix names a field of the key-generation config (``key.theta`` -> ``AuthConfig.key.theta``).
+GENERIC_RECIPE: dict[str, float] = {"tail_epochs": 8, "keyed_weight": 2.0, "decoy_keys": 2, "key.theta": DEFAULT_THETA}
 ARCHITECTURE_RECIPES: dict[str, dict[str, float]] = {"ResNet20": {"tail_epochs": 12, "keyed_weight": 4.0},
-                                                     "LeNet5": {"tail_epochs": 6, "key_theta": 1.0},
+                                                     "LeNet5": {"tail_epochs": 6, "key.theta": 1.0},
                                                      "SmallVGG": {"tail_epochs": 6, "decoy_keys": 4}}
-_KEY_PREFIX = "key_"
+_KEY_PREFIX = "key."
 
 
 def default_num_bits(channels: int) -> int:
