@@ -72,7 +72,7 @@ __all__ = ["ARCHITECTURE_RECIPES", "GENERIC_RECIPE", "AuthConfig", "EmbedResult"
 # A ``key.`` prefix names a field of the key-generation config (``key.theta`` -> ``AuthConfig.key.theta``).
 GENERIC_RECIPE: dict[str, float] = {"tail_epochs": 8, "keyed_weight": 2.0, "decoy_keys": 2, "key.theta": DEFAULT_THETA}
 ARCHITECTURE_RECIPES: dict[str, dict[str, float]] = {"ResNet20": {"tail_epochs": 12, "keyed_weight": 4.0},
-                                                     "LeNet5": {"tail_epochs": 6, "key.theta": 1.0},
+                                                     "LeNet5": {"key.theta": 1.0},
                                                      "SmallVGG": {"tail_epochs": 6, "decoy_keys": 4}}
 _KEY_PREFIX = "key."
 
@@ -107,9 +107,8 @@ class AuthConfig:
         key: key-generation hyperparameters (its seed defaults to this config's seed; its ``theta``, left at None, to
             the architecture's: :data:`ARCHITECTURE_RECIPES` LeNet-5 1.0, else 0.5, the paper's).
         tail_epochs: epochs of tail fine-tuning; None (default) = the architecture's (:data:`ARCHITECTURE_RECIPES`:
-            ResNet-20 12, whose deeper tail needs the longer run to stay within a point of the clean model; LeNet-5 6,
-            which with its key space ``theta = 1`` rejects other keys by epoch 5; the small VGG 6, which pays for its
-            four decoy keys so), else 8 (:data:`GENERIC_RECIPE`).
+            ResNet-20 12, whose deeper tail needs the longer run to stay within a point of the clean model; the small
+            VGG 6, which pays for its four decoy keys so), else 8 (:data:`GENERIC_RECIPE`).
             :meth:`for_model` fills it in.
         tail_batch_size: batch size (keyed and plain samples mixed).
         tail_lr: Adam learning rate.
@@ -213,7 +212,7 @@ class AuthConfig:
             >>> resnet = build_model("resnet20", in_channels=1, image_size=8, num_classes=2)
             >>> lenet = build_model("lenet5", in_channels=1, image_size=8, num_classes=2)
             >>> AuthConfig().for_model(resnet).tail_epochs, AuthConfig().for_model(lenet).tail_epochs
-            (12, 6)
+            (12, 8)
             >>> AuthConfig().for_model(resnet).keyed_weight, AuthConfig().for_model(lenet).keyed_weight
             (4.0, 2.0)
             >>> AuthConfig(tail_epochs=3).for_model(resnet).tail_epochs

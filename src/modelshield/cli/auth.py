@@ -120,7 +120,7 @@ def register(sub: Subparsers) -> None:
         "key_theta": None,
         "key_images": "generate keys on a subset of N training images",
         "train_images": "fine-tune the tail on a subset of N training images",
-        "tail_epochs": "tail fine-tuning epochs (default: the architecture's; ResNet-20 12, LeNet-5 and small VGG 6, else 8)",
+        "tail_epochs": "tail fine-tuning epochs (default: the architecture's; ResNet-20 12, small VGG 6, else 8)",
         "tail_lr": "tail learning rate (Adam)",
         "decoy_ratio": "extra negatives under other keys, per training image (0 with --decoy-keys 0: the paper's method)",
         "decoy_keys": "independently generated keys among the decoys (default: the architecture's; small VGG 4, else 2)",
