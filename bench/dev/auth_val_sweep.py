@@ -29,7 +29,7 @@ from dataclasses import replace
 import torch
 
 from modelshield.attacks.removal import prune_global_magnitude
-from modelshield.auth import AuthConfig, AuthKey, choose_gate, embed, independent_key
+from modelshield.auth import AuthConfig, choose_gate, embed, evaluate_auth, independent_key
 from modelshield.auth.evaluation import accuracy_with_key
 from modelshield.bench.harness import BenchContext
 from modelshield.bench.train_suite import VICTIMS, victim, victim_dataset
@@ -106,10 +106,7 @@ def main() -> None:
         start = time.process_time()
         result = embed(checkpoint.model, bundle.train, bundle.val, config=config, progress=False)
         cpu = time.process_time() - start
-        gen = torch.Generator().manual_seed(123)
-        randoms = [accuracy_with_key(result.model, AuthKey.random(result.key.input_shape, result.key.normalization, generator=gen,
-                                                                  theta=result.key.theta), bundle.val)
-                   for _ in range(args.random_keys)]
+        randoms = evaluate_auth(result.model, result.key, bundle.val, random_keys=args.random_keys, seed=123).random_keys
         independent = [accuracy_with_key(result.model, independent_key(result.model, result.key, bundle.train, config,
                                                                        seed=SWEEP_SEED + i), bundle.val)
                        for i in range(args.independent_keys)]
