@@ -108,3 +108,29 @@ def test_victim_selection_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv(auth_suite.DATASETS_ENV, "none")
     with pytest.raises(ConfigError, match="no victim"):
         auth_suite.run(BenchContext("auth", progress=False))
+
+
+def _eval(legit: float, independent: list[float]) -> dict[str, Any]:
+    return {"clean": 0.99, "legit": legit, "unauthorized": 0.05, "random_keys": [0.1, 0.1], "random_mean": 0.1,
+            "random_max": 0.1, "independent_keys": independent, "independent_max": max(independent),
+            "independent_mean": sum(independent) / len(independent)}
+
+
+def test_every_embedding_seed_is_held_to_the_key_rows_and_tabled(fake: SimpleNamespace) -> None:
+    seeds = {"1": _eval(0.985, [0.05, 0.08]), "2": _eval(0.985, [0.05, 0.55])}  # seed 2: one key gets in
+    criteria = [c for seed, ev in seeds.items() for c in auth_suite._key_criteria(f"mnist (embedding seed {seed})", ev)]
+    failing = [c.name for c in criteria if not c.met]
+    assert failing == ["mnist (embedding seed 2): worst of 2 independently generated keys (each must pass)"]
+    table = "\n".join(auth_suite._seed_markdown({"embed_seed": 0, "eval": _eval(0.985, [0.02, 0.03]), "seeds": seeds}))
+    assert "| 0 (above) |" in table and "55.00% / 30.00%" in table
+
+
+def test_the_seed_study_embeds_each_extra_seed_in_its_own_cells(fake: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(auth_suite, "_eval_cell", lambda ctx, dataset, model, key, config: _eval(0.98, [0.01 * config.seed]))
+    config = AuthConfig(seed=10, tail_epochs=3)
+    study = auth_suite._seed_study(fake.ctx, "mnist", config)
+    assert sorted(study) == [str(10 + o) for o in auth_suite.EXTRA_EMBED_SEEDS]
+    assert [c.seed for c in fake.embeds] == [10 + o for o in auth_suite.EXTRA_EMBED_SEEDS]
+    assert study["11"]["independent_max"] == pytest.approx(0.11)
+    auth_suite._seed_study(fake.ctx, "mnist", config)  # cached: no embedding again
+    assert len(fake.embeds) == len(auth_suite.EXTRA_EMBED_SEEDS)

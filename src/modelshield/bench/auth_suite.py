@@ -25,7 +25,11 @@ only the seed is the run's. Cells (each cached, so an interrupted run resumes):
    embedded with the full default recipe and scored as ``gate="auto"`` scores its trials (the gate auto's rule
    keeps on these figures is reported; a ``gate="auto"`` run would embed the same candidates again); the zoo
    defaults in :mod:`modelshield.auth.gate` follow from these figures, never from the test split.
-9. ``mnist/probe-*``: ``gate="auto"`` on :class:`ProbeCNN`, a CNN that is not in the zoo (trained here on MNIST),
+9. ``embed-seed*`` / ``eval-seed*`` (full run only): the same recipe embedded again with other embedding seeds
+   (:data:`EXTRA_EMBED_SEEDS`, offsets from the configured seed, the run's) on the same victim, and the test-split key rows measured
+   on each (with key, no key, random keys, independent keys): the bench's seed is one draw, and the criteria hold
+   only if every seed meets them.
+10. ``mnist/probe-*``: ``gate="auto"`` on :class:`ProbeCNN`, a CNN that is not in the zoo (trained here on MNIST),
    embedded with ``AuthConfig()`` and measured on the test split.
 """
 
@@ -78,6 +82,7 @@ GATE_STUDY = {"mnist": ("body.pool1", "body.pool2"), "fashion-mnist": ("body.blo
 RANDOM_KEYS, QUICK_RANDOM_KEYS = 10, 3
 GATE_RANDOM_KEYS, GATE_INDEPENDENT_KEYS = 5, 3
 INDEPENDENT_KEYS, QUICK_INDEPENDENT_KEYS = 10, 2
+EXTRA_EMBED_SEEDS = (1, 2)  # full runs: the key rows again for these embedding seeds (run's seed + offset)
 # gate="auto" on a CNN outside the zoo (MNIST); its training recipe (a 4-epoch run reaches ~99% on validation)
 PROBE_VICTIM = "mnist"
 PROBE_TRAIN = TrainConfig(epochs=4, batch_size=128, lr=1e-3, schedule="cosine")
@@ -233,6 +238,18 @@ def _eval_cell(ctx: BenchContext, dataset: str, model: torch.nn.Module, key: Aut
             "independent_mean": statistics.fmean(independent), "victim_train_seconds": record["train_seconds"]}
 
 
+def _seed_study(ctx: BenchContext, dataset: str, config: AuthConfig) -> dict[str, Any]:
+    """The key rows (test split) for the same recipe embedded with each of :data:`EXTRA_EMBED_SEEDS`."""
+    out = {}
+    for offset in EXTRA_EMBED_SEEDS:
+        seeded = replace(config, seed=int(config.seed or 0) + offset)
+        _, model, key = _protected(ctx, dataset, seeded, tag=f"-seed{offset}")
+        out[str(seeded.seed)] = ctx.cell(f"{dataset}/eval-seed{offset}", lambda m=model, k=key, c=seeded: _eval_cell(ctx, dataset, m, k, c),
+                                         upstream=_upstream(ctx, dataset, key),
+                                         config={"auth": seeded, "random_keys": RANDOM_KEYS, "independent_keys": INDEPENDENT_KEYS})
+    return out
+
+
 def _transform_cells(ctx: BenchContext, dataset: str, model: torch.nn.Module, key: AuthKey) -> dict[str, Any]:
     test = _data(ctx, dataset).test
     upstream = _upstream(ctx, dataset, key)
@@ -358,17 +375,7 @@ def _probe_cell(ctx: BenchContext, config: AuthConfig) -> dict[str, Any]:
 def _criteria(dataset: str, res: dict[str, Any]) -> list[Criterion]:
     """Issue 14's acceptance criteria for one victim."""
     ev, tr, cost, c = res["eval"], res["transforms"], res["cost_ratio"], res["cost"]
-    n = len(ev["independent_keys"])
-    out = [
-        Criterion(f"{dataset}: accuracy lost with the key against the clean model", 100 * (ev["clean"] - ev["legit"]),
-                  LEGIT_DROP_MAX, "<=", unit="points", detail=f"{percent(ev['legit'])} vs {percent(ev['clean'])}"),
-        Criterion(f"{dataset}: unauthorized accuracy (no key)", ev["unauthorized"], UNAUTH_MAX, "<=", unit="%"),
-        Criterion(f"{dataset}: mean accuracy under {len(ev['random_keys'])} random keys", ev["random_mean"], RANDOM_MEAN_MAX,
-                  "<=", unit="%"),
-        Criterion(f"{dataset}: worst of {n} independently generated keys (each must pass)", ev["independent_max"],
-                  INDEPENDENT_KEY_MAX, "<=", unit="%",
-                  detail=f"mean {percent(ev['independent_mean'])}; all: {', '.join(percent(v) for v in ev['independent_keys'])}"),
-    ]
+    out = _key_criteria(dataset, ev)
     for label, cell in (("pruning 30%", tr["prune"].get("0.3")), ("int8 quantization", tr["quant"])):
         if cell is None:
             continue
@@ -384,6 +391,21 @@ def _criteria(dataset: str, res: dict[str, Any]) -> list[Criterion]:
                          f"{c['latency_clean_ms']:.2f} ms per {c['batch']} images"),
     ]
     return out
+
+
+def _key_criteria(label: str, ev: dict[str, Any]) -> list[Criterion]:
+    """The key rows of one eval cell: with key, no key, random keys, independent keys."""
+    n = len(ev["independent_keys"])
+    return [
+        Criterion(f"{label}: accuracy lost with the key against the clean model", 100 * (ev["clean"] - ev["legit"]),
+                  LEGIT_DROP_MAX, "<=", unit="points", detail=f"{percent(ev['legit'])} vs {percent(ev['clean'])}"),
+        Criterion(f"{label}: unauthorized accuracy (no key)", ev["unauthorized"], UNAUTH_MAX, "<=", unit="%"),
+        Criterion(f"{label}: mean accuracy under {len(ev['random_keys'])} random keys", ev["random_mean"], RANDOM_MEAN_MAX,
+                  "<=", unit="%"),
+        Criterion(f"{label}: worst of {n} independently generated keys (each must pass)", ev["independent_max"],
+                  INDEPENDENT_KEY_MAX, "<=", unit="%",
+                  detail=f"mean {percent(ev['independent_mean'])}; all: {', '.join(percent(v) for v in ev['independent_keys'])}"),
+    ]
 
 
 def _probe_criteria(probe: dict[str, Any]) -> list[Criterion]:
@@ -417,7 +439,8 @@ def _dataset(ctx: BenchContext, dataset: str) -> dict[str, Any]:
              "wall_vs_victim_record": record["wall_seconds"] / ev["victim_train_seconds"]}
     return {"architecture": VICTIMS[dataset][0], "dataset": victim_dataset(dataset), "config": record["config"],
             "embed": record, "clean_timing": timing, "cost_ratio": ratio, "eval": ev, "transforms": transforms,
-            "finetune": finetune, "adaptive": adaptive, "cost": cost, "gate_study": {}, "auto_rule": None}
+            "finetune": finetune, "adaptive": adaptive, "cost": cost, "gate_study": {}, "auto_rule": None,
+            "embed_seed": config.seed, "seeds": {} if ctx.quick else _seed_study(ctx, dataset, config)}
 
 
 def _thief_cells(ctx: BenchContext, dataset: str, model: torch.nn.Module, key: AuthKey,
@@ -518,6 +541,18 @@ def _auto_table(choice: dict[str, Any]) -> str:
                                             "independent (max)", "score", "seconds"], rows)
 
 
+def _seed_markdown(res: dict[str, Any]) -> list[str]:
+    """The key rows for every embedding seed (the run's and the seed study's), test split."""
+    if not res["seeds"]:
+        return []
+    rows = [[f"{seed}" + (" (above)" if seed == str(res["embed_seed"]) else ""), percent(ev["legit"]), percent(ev["unauthorized"]),
+             f"{percent(ev['random_mean'])} / {percent(ev['random_max'])}",
+             f"{percent(ev['independent_max'])} / {percent(ev['independent_mean'])}"]
+            for seed, ev in {str(res["embed_seed"]): res["eval"], **res["seeds"]}.items()]
+    return ["### The same recipe, other embedding seeds (test split)", "",
+            markdown_table(["embedding seed", "with key", "no key", "random keys mean / max", "independent keys worst / mean"], rows), ""]
+
+
 def _thief_markdown(res: dict[str, Any]) -> list[str]:
     """The thief-with-a-little-data tables of one victim."""
     return ["### Thief with a little data (same budget for every row of a fraction)", "",
@@ -551,6 +586,7 @@ def _markdown(results: dict[str, Any], quick: bool, probe: dict[str, Any] | None
                     f"{percent(ev['independent_max'])} / {percent(ev['independent_mean'])} "
                     f"({', '.join(percent(v) for v in ev['independent_keys'])})"],
                ]), "",
+               *_seed_markdown(res),
                "### Transformations (protected model)", "",
                markdown_table(["transformation", "with key", "no key", "note"],
                               [[f"global magnitude pruning {100 * float(a):.0f}%", percent(c["legit"]), percent(c["unauthorized"]),
@@ -647,6 +683,8 @@ def run(ctx: BenchContext) -> SuiteReport:
         markdown = (f"Thief cells (fine-tuning, adaptive key) not run for: {', '.join(no_thief)} "
                     f"(`{THIEF_ENV}={os.environ.get(THIEF_ENV, '')}`).\n\n" + markdown)
     criteria = [c for dataset, res in results.items() for c in _criteria(dataset, res)]
+    criteria += [c for dataset, res in results.items() for seed, ev in res["seeds"].items()
+                 for c in _key_criteria(f"{dataset} (embedding seed {seed})", ev)]
     criteria += _probe_criteria(probe) if probe is not None else []
     note = ("Quick run: a pipeline check only (on the 2-epoch quick victims the protection does not take); the "
             "thresholds are the full run's.") if ctx.quick else ""
