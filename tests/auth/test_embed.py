@@ -150,6 +150,9 @@ def test_the_architecture_recipe_fills_only_the_fields_left_open() -> None:
     assert AuthConfig().for_model(lenet).key.theta == ARCHITECTURE_RECIPES["LeNet5"]["key.theta"] != GENERIC_RECIPE["key.theta"]
     assert AuthConfig().for_model(tiny_cnn()).key.theta == GENERIC_RECIPE["key.theta"], "key fields fill in as the others"
     assert AuthConfig(key=KeyGenConfig(theta=0.7)).for_model(lenet).key.theta == 0.7, "an explicit theta wins"
+    assert AuthConfig().for_model(lenet).tail_lr == ARCHITECTURE_RECIPES["LeNet5"]["tail_lr"] != GENERIC_RECIPE["tail_lr"]
+    assert AuthConfig().for_model(tiny_cnn()).tail_lr == GENERIC_RECIPE["tail_lr"]
+    assert AuthConfig(tail_lr=5e-4).for_model(lenet).tail_lr == 5e-4
     vgg = build_model("vgg", in_channels=1, image_size=8, num_classes=2)
     assert AuthConfig().for_model(vgg).decoy_keys == ARCHITECTURE_RECIPES["SmallVGG"]["decoy_keys"] != GENERIC_RECIPE["decoy_keys"]
     assert AuthConfig(decoy_ratio=0.0).for_model(vgg).decoy_keys == 0, "no decoy negatives: no decoy keys (the paper)"

@@ -121,7 +121,7 @@ def register(sub: Subparsers) -> None:
         "key_images": "generate keys on a subset of N training images",
         "train_images": "fine-tune the tail on a subset of N training images",
         "tail_epochs": "tail fine-tuning epochs (default: the architecture's; ResNet-20 12, small VGG 6, else 8)",
-        "tail_lr": "tail learning rate (Adam)",
+        "tail_lr": "tail learning rate (Adam; default: the architecture's; LeNet-5 2e-3, else 1e-3)",
         "decoy_ratio": "extra negatives under other keys, per training image (0 with --decoy-keys 0: the paper's method)",
         "decoy_keys": "independently generated keys among the decoys (default: the architecture's; small VGG 4, else 2)",
         "near_share": "share of the decoys under partial copies of the key (near misses)",
