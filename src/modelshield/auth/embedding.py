@@ -56,7 +56,7 @@ from modelshield.auth.autogate import AutoGateConfig, GateChoice, GateTrial, tri
 from modelshield.auth.bits import AuthBits, channel_means, select_bits
 from modelshield.auth.evaluation import accuracy_with_key
 from modelshield.auth.gate import AUTO, GateSplit, TailRunner, default_gate, forward_macs, gate_candidates, gate_output, trace_gate
-from modelshield.auth.key import DEFAULT_THETA, MASK_MAX, AuthKey
+from modelshield.auth.key import DEFAULT_THETA, AuthKey
 from modelshield.auth.keygen import KeyGenConfig, generate_key
 from modelshield.data.types import Normalization, TensorData
 from modelshield.errors import ConfigError
@@ -64,7 +64,7 @@ from modelshield.models.zoo import Normalize
 from modelshield.training import TrainConfig, evaluate, score_logits, train_model
 
 __all__ = ["ARCHITECTURE_RECIPES", "GENERIC_RECIPE", "AuthConfig", "EmbedResult", "choose_gate", "default_num_bits", "embed",
-           "family_keyed", "independent_key", "mixed_keyed", "model_normalization", "near_keyed", "random_keyed"]
+           "independent_key", "model_normalization", "near_keyed", "random_keyed"]
 
 # The recipe fields whose default depends on the architecture (AuthConfig fields left at None): the generic value,
 # and the zoo architectures that differ from it, by class name. Chosen on the validation split only
@@ -133,13 +133,6 @@ class AuthConfig:
         near_share: extension beyond the paper (default 0.5). This share of the decoy negatives is under a
             partial copy of the key (:func:`near_keyed`: a random 0-80% of its pixels, the rest random or
             plain), so the tail needs the whole key, not something near it. No effect with ``decoy_ratio = 0``.
-        family_share: extension beyond the paper (default 0). This share of the decoy negatives that are neither near
-            misses nor under decoy keys is under keys drawn from the generated keys' family (:func:`family_keyed`)
-            instead of uniformly random keys; with it the validation decoys used to keep an epoch include such keys.
-        key_choice: ``"first"`` (default): the key is the first one generated, the decoy keys the others;
-            ``"isolated"``: of the key and the decoy keys, the one whose change of the gate activations is least like
-            the others' becomes the key (:func:`_most_isolated`), and the rest are the decoy keys.
-        family_mix: with ``family_share``, draw those keys as mixtures of the decoy keys (:func:`mixed_keyed`) instead.
         keyed_weight: weight of the keyed samples' loss (the negatives weigh 1), which keeps the legitimate
             accuracy close to the clean model's while the tail learns to reject. None (default) = the architecture's
             (:data:`ARCHITECTURE_RECIPES`: ResNet-20 4, whose tail otherwise loses more than a point with the key),
@@ -172,8 +165,6 @@ class AuthConfig:
     decoy_ratio: float = 1.5
     decoy_keys: int | None = None
     near_share: float = 0.5
-    family_share: float = 0.0
-    family_mix: bool = False
     key_choice: str = "first"
     keyed_weight: float | None = None
     distill: float = 0.5
@@ -208,8 +199,6 @@ class AuthConfig:
             raise ConfigError(f"near_share must be in [0, 1], got {self.near_share}")
         if self.key_choice not in ("first", "isolated"):
             raise ConfigError(f"key_choice must be 'first' or 'isolated', got {self.key_choice!r}")
-        if not 0 <= self.family_share <= 1:
-            raise ConfigError(f"family_share must be in [0, 1], got {self.family_share}")
         if self.decoy_keys and not self.decoy_ratio:
             raise ConfigError("decoy_keys needs decoy_ratio > 0 (the decoy keys are applied to decoy negatives)")
         for name in ("key_images", "train_images"):
@@ -370,58 +359,6 @@ def random_keyed(x: torch.Tensor, normalization: Normalization, generator: torch
     return normalization.invert((1 - m) * normalization.apply(x) + m * offset)
 
 
-def family_keyed(x: torch.Tensor, normalization: Normalization, generator: torch.Generator, theta: float = 0.5,
-                 support: float = 0.125) -> torch.Tensor:
-    """Raw images, each under its own random key shaped like the keys :func:`~modelshield.auth.keygen.generate_key`
-    makes: a sparse random pixel set at the largest mask, each pixel's offset at ``+theta`` or ``-theta``.
-
-    Generated keys saturate: on MNIST / LeNet-5 the mask sits at its maximum on about half of the support's
-    pixels and the offset at ``+-theta``, mostly positive (``bench/dev`` probe, three keys: 6-8% of the pixels, 59-89%
-    positive). Each image here draws its density in ``U[0.25, 1] * support``, its share of positive offsets in
-    ``U[0.5, 1]``, and the pixels and signs afresh: a sample of the family an attacker's independently generated key
-    comes from, so the tail learns to reject the family and not only the few decoy keys it was shown.
-
-    Example:
-        >>> import torch
-        >>> from modelshield.data import Normalization
-        >>> out = family_keyed(torch.zeros(3, 1, 8, 8), Normalization.identity(1), torch.Generator().manual_seed(0), theta=1.0)
-        >>> out.shape, sorted({round(v, 2) for v in out.unique().tolist()})
-        (torch.Size([3, 1, 8, 8]), [-0.5, 0.0, 0.5])
-    """
-    n, c, h, w = x.shape
-    density = (torch.rand(n, 1, 1, 1, generator=generator) * 0.75 + 0.25) * support
-    m = (torch.rand(n, 1, h, w, generator=generator) < density).to(x.dtype) * MASK_MAX
-    positive = torch.rand(n, 1, 1, 1, generator=generator) * 0.5 + 0.5
-    sign = torch.where(torch.rand(n, c, h, w, generator=generator) < positive, 1.0, -1.0)
-    return normalization.invert((1 - m) * normalization.apply(x) + m * sign * theta)
-
-
-def mixed_keyed(x: torch.Tensor, keys: list[AuthKey], generator: torch.Generator) -> torch.Tensor:
-    """Raw images, each under its own mixture of ``keys``: every pixel takes the mask and offset of one of the keys,
-    drawn at random per image and pixel, or (with a per-image probability in ``U[0, 0.7]``) no key.
-
-    Mixing a few generated keys gives many keys with the generated keys' statistics (where on the image they put
-    their pixels, how strong and which sign), unlike :func:`family_keyed`'s uniformly placed pixels.
-
-    Example:
-        >>> import torch
-        >>> from modelshield.data import Normalization
-        >>> keys = [AuthKey.random((1, 4, 4), Normalization.identity(1), generator=torch.Generator().manual_seed(s)) for s in (0, 1)]
-        >>> mixed_keyed(torch.rand(3, 1, 4, 4), keys, torch.Generator().manual_seed(2)).shape
-        torch.Size([3, 1, 4, 4])
-    """
-    n, c, h, w = x.shape
-    masks = torch.stack([k.mask for k in keys])  # (K, 1, H, W)
-    offsets = torch.stack([k.offset for k in keys])  # (K, C, H, W)
-    pick = torch.randint(0, len(keys), (n, 1, h, w), generator=generator)
-    drop = torch.rand(n, 1, h, w, generator=generator) < torch.rand(n, 1, 1, 1, generator=generator) * 0.7
-    m = torch.where(drop, torch.zeros(1), torch.gather(masks.squeeze(1).expand(n, -1, -1, -1), 1, pick))
-    offset = torch.gather(offsets.permute(1, 0, 2, 3).unsqueeze(0).expand(n, -1, -1, -1, -1), 2,
-                          pick.unsqueeze(1).expand(-1, c, -1, -1, -1)).squeeze(2)
-    norm = keys[0].normalization
-    return norm.invert((1 - m) * norm.apply(x) + m * offset)
-
-
 @torch.no_grad()
 def _gate_batches(model: nn.Module, gate: str, x: torch.Tensor, key: AuthKey | None, batch_size: int = 512) -> torch.Tensor:
     model.eval()
@@ -522,31 +459,22 @@ def embed(model: nn.Module, train: TensorData, val: TensorData, *, config: AuthC
     decoys = train.x[torch.cat([torch.randperm(len(train), generator=gen) for _ in range(rounds)])[: round(config.decoy_ratio * len(train))]]
     near = round(config.near_share * len(decoys))
     near_part, decoys = near_keyed(decoys[:near], key, gen), decoys[near:]
-    parts = [near_part]
     if decoy_keys:
         half = len(decoys) // 2
         owner = torch.arange(half) % len(decoy_keys)
-        parts.append(torch.cat([decoy_keys[int(k)].apply(decoys[:half][owner == k]) for k in range(len(decoy_keys))]))
-        decoys = decoys[half:]
-    family = round(config.family_share * len(decoys))
-    if family:
-        parts.append(mixed_keyed(decoys[:family], decoy_keys, gen) if decoy_keys and config.family_mix else
-                     family_keyed(decoys[:family], normalization, gen, key.theta, config.key.support))
-    decoys = torch.cat([*parts, random_keyed(decoys[family:], normalization, gen, key.theta)])
+        keyed_part = torch.cat([decoy_keys[int(k)].apply(decoys[:half][owner == k]) for k in range(len(decoy_keys))])
+        decoys = torch.cat([near_part, keyed_part, random_keyed(decoys[half:], normalization, gen, key.theta)])
+    else:
+        decoys = torch.cat([near_part, random_keyed(decoys, normalization, gen, key.theta)])
     fake_decoys = torch.randint(0, num_classes, (len(decoys),), generator=gen)
     # validation decoys (only with decoy training): each val image under a random key or one of the decoy keys
     val_decoy_x = None
     if config.decoy_ratio:
-        kinds = len(decoy_keys) + 1 + (config.family_share > 0)
-        owner = torch.arange(len(val)) % kinds
+        owner = torch.arange(len(val)) % (len(decoy_keys) + 1)
         val_decoy_x = random_keyed(val.x, normalization, gen, key.theta)
         for k, other in enumerate(decoy_keys, start=1):
             if bool((owner == k).any()):
                 val_decoy_x[owner == k] = other.apply(val.x[owner == k])
-        if config.family_share > 0 and bool((owner == kinds - 1).any()):
-            chosen = val.x[owner == kinds - 1]
-            val_decoy_x[owner == kinds - 1] = (mixed_keyed(chosen, decoy_keys, gen) if decoy_keys and config.family_mix else
-                                               family_keyed(chosen, normalization, gen, key.theta, config.key.support))
     if split.cacheable:
         runner = TailRunner(model, split, example)
         parts = [_gate_batches(model, gate, train.x, key), _gate_batches(model, gate, train.x, None)]
