@@ -199,15 +199,3 @@ def test_distillation_runs_end_to_end_and_validates() -> None:
         AuthConfig(distill=1.5)
     with pytest.raises(ConfigError, match="distill"):
         AuthConfig(distill_temperature=0)
-
-
-def test_the_isolated_key_choice_avoids_keys_that_look_alike() -> None:
-    from modelshield.auth.embedding import _most_isolated
-    from modelshield.data import Normalization
-
-    model = build_model("lenet5", in_channels=1, image_size=12, num_classes=4).eval()
-    x = torch.rand(32, 1, 12, 12, generator=torch.Generator().manual_seed(0))
-    one, other = (AuthKey.random((1, 12, 12), Normalization.identity(1), "body.pool1", generator=torch.Generator().manual_seed(s),
-                                 theta=1.0) for s in (1, 2))
-    assert _most_isolated(model, "body.pool1", x, [one, one, other]) == 2, "two copies are each other's closest"
-    assert _most_isolated(model, "body.pool1", x, [other, one, one]) == 0

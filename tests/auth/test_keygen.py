@@ -76,6 +76,6 @@ def test_cli_defaults_follow_the_library_defaults() -> None:
     args = build_parser().parse_args(["auth", "embed", "m.safetensors", "--out", "a", "--key-out", "b"])
     config, key = AuthConfig(), KeyGenConfig()
     assert (args.tail_epochs, args.decoy_keys, args.near_share, args.keyed_weight, args.decoy_ratio, args.key_epochs, args.distill,
-            args.key_images, args.train_images, args.gate, args.gamma, args.tail_lr, args.key_choice) == \
+            args.key_images, args.train_images, args.gate, args.gamma, args.tail_lr) == \
         (config.tail_epochs, config.decoy_keys, config.near_share, config.keyed_weight, config.decoy_ratio, key.epochs,
-         config.distill, config.key_images, config.train_images, config.gate, config.gamma, config.tail_lr, config.key_choice)
+         config.distill, config.key_images, config.train_images, config.gate, config.gamma, config.tail_lr)

@@ -63,7 +63,7 @@ from modelshield.errors import ConfigError
 from modelshield.models.zoo import Normalize
 from modelshield.training import TrainConfig, evaluate, score_logits, train_model
 
-__all__ = ["ARCHITECTURE_RECIPES", "GENERIC_RECIPE", "KEY_CHOICES", "AuthConfig", "EmbedResult", "choose_gate", "default_num_bits", "embed",
+__all__ = ["ARCHITECTURE_RECIPES", "GENERIC_RECIPE", "AuthConfig", "EmbedResult", "choose_gate", "default_num_bits", "embed",
            "independent_key", "model_normalization", "near_keyed", "random_keyed"]
 
 # The recipe fields whose default depends on the architecture (AuthConfig fields left at None): the generic value,
@@ -76,7 +76,6 @@ ARCHITECTURE_RECIPES: dict[str, dict[str, float]] = {"ResNet20": {"tail_epochs":
                                                      "LeNet5": {"key.theta": 1.0, "tail_lr": 2e-3},
                                                      "SmallVGG": {"tail_epochs": 6, "decoy_keys": 4}}
 _KEY_PREFIX = "key."
-KEY_CHOICES = ("first", "isolated")  # AuthConfig.key_choice
 
 
 def default_num_bits(channels: int) -> int:
@@ -198,7 +197,7 @@ class AuthConfig:
             raise ConfigError(f"distill must be in [0, 1] and distill_temperature > 0, got {self.distill}, {self.distill_temperature}")
         if not 0 <= self.near_share <= 1:
             raise ConfigError(f"near_share must be in [0, 1], got {self.near_share}")
-        if self.key_choice not in KEY_CHOICES:
+        if self.key_choice not in ("first", "isolated"):
             raise ConfigError(f"key_choice must be 'first' or 'isolated', got {self.key_choice!r}")
         if self.decoy_keys and not self.decoy_ratio:
             raise ConfigError("decoy_keys needs decoy_ratio > 0 (the decoy keys are applied to decoy negatives)")

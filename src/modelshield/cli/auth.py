@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from modelshield.auth.embedding import KEY_CHOICES, AuthConfig
+from modelshield.auth.embedding import AuthConfig
 from modelshield.auth.evaluation import evaluate_auth
 from modelshield.auth.key import AuthKey
 from modelshield.auth.keygen import KeyGenConfig
@@ -49,8 +49,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     checkpoint, bundle, dataset = load_checkpoint_and_data(args)
     config = AuthConfig(gate=args.gate, num_bits=args.bits, bit_pool=args.bit_pool, gamma=args.gamma,
                         tail_epochs=args.tail_epochs, tail_lr=args.tail_lr, decoy_ratio=args.decoy_ratio,
-                        decoy_keys=args.decoy_keys, near_share=args.near_share, key_choice=args.key_choice,
-                        keyed_weight=args.keyed_weight,
+                        decoy_keys=args.decoy_keys, near_share=args.near_share, keyed_weight=args.keyed_weight,
                         distill=args.distill, key_images=args.key_images, train_images=args.train_images,
                         seed=args.seed, key=KeyGenConfig(epochs=args.key_epochs, theta=args.key_theta))
     result = embed(checkpoint.model, bundle.train, bundle.val, config=config, progress=not args.quiet)
@@ -126,8 +125,6 @@ def register(sub: Subparsers) -> None:
         "decoy_ratio": "extra negatives under other keys, per training image (0 with --decoy-keys 0: the paper's method)",
         "decoy_keys": "independently generated keys among the decoys (default: the architecture's; small VGG 4, else 2)",
         "near_share": "share of the decoys under partial copies of the key (near misses)",
-        "key_choice": "which generated key becomes the key: 'isolated' (the one least like the decoy keys at the gate) or "
-                      "'first'",
         "keyed_weight": "loss weight of the keyed samples (negatives weigh 1; default: the architecture's; ResNet-20 4, else 2)",
         "distill": "share of the keyed samples' loss taken from the clean model's soft predictions (0 = true labels only)",
         "seed": "seed for a reproducible key (default: fresh randomness; a known seed lets anyone with the data "
@@ -140,8 +137,6 @@ def register(sub: Subparsers) -> None:
             add_config_option(p, KeyGenConfig, "theta", "--key-theta",
                               help="bound on the key's offset in normalised space (default: the architecture's; LeNet-5 1.0, "
                                    "else the paper's 0.5)")
-        elif name == "key_choice":
-            add_config_option(p, AuthConfig, name, "--key-choice", choices=KEY_CHOICES, help=help_text)
         else:
             add_config_option(p, AuthConfig, _RENAMED.get(name, name), f"--{name.replace('_', '-')}", dest=name,
                               help=help_text)
