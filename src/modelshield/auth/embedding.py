@@ -165,7 +165,6 @@ class AuthConfig:
     decoy_ratio: float = 1.5
     decoy_keys: int | None = None
     near_share: float = 0.5
-    key_choice: str = "first"
     keyed_weight: float | None = None
     distill: float = 0.5
     distill_temperature: float = 4.0
@@ -197,8 +196,6 @@ class AuthConfig:
             raise ConfigError(f"distill must be in [0, 1] and distill_temperature > 0, got {self.distill}, {self.distill_temperature}")
         if not 0 <= self.near_share <= 1:
             raise ConfigError(f"near_share must be in [0, 1], got {self.near_share}")
-        if self.key_choice not in ("first", "isolated"):
-            raise ConfigError(f"key_choice must be 'first' or 'isolated', got {self.key_choice!r}")
         if self.decoy_keys and not self.decoy_ratio:
             raise ConfigError("decoy_keys needs decoy_ratio > 0 (the decoy keys are applied to decoy negatives)")
         for name in ("key_images", "train_images"):
@@ -438,18 +435,12 @@ def embed(model: nn.Module, train: TensorData, val: TensorData, *, config: AuthC
     key_config = config.key if config.key.seed is not None else replace(config.key, seed=_subseed(seed, "key"))
     keygen = generate_key(model, gate, key_x, bits, normalization, key_config, progress=progress)
     key = keygen.key
-    generated = [(keygen, bits)]
+    decoy_keys = []
     for i in range(config.decoy_keys):
         # every other decoy key targets the key's own bits: the tail must tell keys apart by more than their bits
         other_bits = bits if i % 2 == 0 else select_bits(means, num_bits, config.gamma, pool=pool, generator=gen)
         other = replace(config.key, seed=_subseed(seed, f"decoy-key-{i}"))
-        generated.append((generate_key(model, gate, key_x, other_bits, normalization, other), other_bits))
-    if config.key_choice == "isolated" and len(generated) > 1:
-        chosen = _most_isolated(model, gate, key_x[:256], [g.key for g, _ in generated])
-        generated.insert(0, generated.pop(chosen))
-        keygen, bits = generated[0]
-        key = keygen.key
-    decoy_keys = [g.key for g, _ in generated[1:]]
+        decoy_keys.append(generate_key(model, gate, key_x, other_bits, normalization, other).key)
     t_key = time.perf_counter()
 
     if config.train_images is not None and config.train_images < len(train):
@@ -566,19 +557,6 @@ def independent_key(model: nn.Module, key: AuthKey, train: TensorData, config: A
                        generator=torch.Generator().manual_seed(_independent_subseed(seed, "bits")))
     key_config = replace(config.key, seed=_independent_subseed(seed, "key"), theta=key.theta)  # the key file names its key space
     return generate_key(model, key.gate, x, bits, key.normalization, key_config).key
-
-
-@torch.no_grad()
-def _most_isolated(model: nn.Module, gate: str, x: torch.Tensor, keys: list[AuthKey]) -> int:
-    """Index of the key whose change of the gate activations is least like the others' (the smallest largest
-    mean per-image cosine similarity to another key's change): the one an independently generated key is least
-    likely to imitate."""
-    model.eval()
-    base = gate_output(model, gate, x)
-    deltas = [F.normalize((gate_output(model, gate, k.apply(x)) - base).flatten(1), dim=1) for k in keys]
-    similarity = torch.stack([torch.stack([(a * b).sum(dim=1).mean() for b in deltas]) for a in deltas])
-    similarity.fill_diagonal_(-1.0)
-    return int(similarity.max(dim=1).values.argmin())
 
 
 def _gate_subseed(seed: int, tag: str) -> int:
