@@ -14,14 +14,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
-
 import torch
 import torch.nn.functional as F
 
 from modelshield.auth import AuthConfig, independent_key
-from modelshield.auth.bits import channel_means, select_bits
-from modelshield.auth.embedding import _subseed, default_num_bits, model_normalization
+from modelshield.auth.embedding import _draw_bits, _embed_generator, _key_config, model_normalization
 from modelshield.auth.gate import default_gate, gate_output, trace_gate
 from modelshield.auth.keygen import generate_key
 from modelshield.bench.harness import BenchContext
@@ -44,14 +41,10 @@ def main() -> None:
     config = AuthConfig(seed=args.seed).for_model(model)
     gate = default_gate(model)
     split = trace_gate(model, gate, bundle.train.x[:8])
-    # the draws embed() makes before the tail: key images, bits, key seed (embedding.embed, same order)
-    gen = torch.Generator().manual_seed(_subseed(args.seed, "embed"))
-    key_x = bundle.train.x[torch.randperm(len(bundle.train), generator=gen)[: config.key_images]]
-    means = channel_means(model, gate, key_x)
-    num_bits = default_num_bits(split.channels)
-    bits = select_bits(means, num_bits, config.gamma, pool=config.pool_size(means, num_bits), generator=gen)
+    # the draws embed() makes before the tail (key images, bits, key seed), through embed's own helpers
+    key_x, _, _, _, bits = _draw_bits(model, gate, split.channels, bundle.train.x, config, _embed_generator(args.seed))
     key = generate_key(model, gate, key_x, bits, model_normalization(model, int(key_x.shape[1])),
-                       replace(config.key, seed=_subseed(args.seed, "key"))).key
+                       _key_config(config, args.seed)).key
     x = bundle.val.x[:512]
     with torch.no_grad():
         base = gate_output(model, gate, x)

@@ -315,6 +315,29 @@ def _subseed(seed: int, tag: str) -> int:
     return int.from_bytes(hashlib.sha256(f"modelshield-auth:{seed}:{tag}".encode()).digest()[:8], "little") >> 1
 
 
+def _embed_generator(seed: int) -> torch.Generator:
+    """The generator :func:`embed` draws its key images, bits, labels and negatives from (in that order)."""
+    return torch.Generator().manual_seed(_subseed(seed, "embed"))
+
+
+def _draw_bits(model: nn.Module, gate: str, channels: int, x: torch.Tensor, config: AuthConfig,
+               gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, int, int, AuthBits]:
+    """:func:`embed`'s first draws from ``gen``: the key images (``config.key_images`` of ``x``), the gate's channel
+    means on them, the bit count, the bit pool and the bits. Returns ``(key_x, means, num_bits, pool, bits)``."""
+    key_x = x
+    if config.key_images is not None and config.key_images < len(x):
+        key_x = x[torch.randperm(len(x), generator=gen)[: config.key_images]]
+    means = channel_means(model, gate, key_x)  # a_c estimated on the key-generation images
+    num_bits = config.num_bits or default_num_bits(channels)
+    pool = config.pool_size(means, num_bits)
+    return key_x, means, num_bits, pool, select_bits(means, num_bits, config.gamma, pool=pool, generator=gen)
+
+
+def _key_config(config: AuthConfig, seed: int) -> KeyGenConfig:
+    """The key-generation config :func:`embed` makes the key with (its seed derived from the run's unless given)."""
+    return config.key if config.key.seed is not None else replace(config.key, seed=_subseed(seed, "key"))
+
+
 def near_keyed(x: torch.Tensor, key: AuthKey, generator: torch.Generator) -> torch.Tensor:
     """Raw images, each under a partial copy of ``key``: a random share of its pixels keeps the key's mask and
     offset, the rest take uniformly random ones (share ~ U[0, 0.8] per image).
@@ -405,7 +428,7 @@ def embed(model: nn.Module, train: TensorData, val: TensorData, *, config: AuthC
     t_start = time.perf_counter()
     seed = config.seed if config.seed is not None else secrets.randbits(63)
     config = replace(config, seed=seed)
-    gen = torch.Generator().manual_seed(_subseed(seed, "embed"))
+    gen = _embed_generator(seed)
     model = copy.deepcopy(model).eval()
     normalization = normalization or model_normalization(model, int(train.x.shape[1]))
     example = train.x[:8]
@@ -423,17 +446,10 @@ def embed(model: nn.Module, train: TensorData, val: TensorData, *, config: AuthC
     if int(train.y.max()) >= num_classes:
         raise ConfigError(f"labels go up to {int(train.y.max())} but the model has {num_classes} outputs")
 
-    key_x = train.x
-    if config.key_images is not None and config.key_images < len(train):
-        key_x = train.x[torch.randperm(len(train), generator=gen)[: config.key_images]]
-    means = channel_means(model, gate, key_x)  # a_c estimated on the key-generation images
-    num_bits = config.num_bits or default_num_bits(split.channels)
-    pool = config.pool_size(means, num_bits)
-    bits = select_bits(means, num_bits, config.gamma, pool=pool, generator=gen)
+    key_x, means, num_bits, pool, bits = _draw_bits(model, gate, split.channels, train.x, config, gen)
     t_bits = time.perf_counter()
 
-    key_config = config.key if config.key.seed is not None else replace(config.key, seed=_subseed(seed, "key"))
-    keygen = generate_key(model, gate, key_x, bits, normalization, key_config, progress=progress)
+    keygen = generate_key(model, gate, key_x, bits, normalization, _key_config(config, seed), progress=progress)
     key = keygen.key
     decoy_keys = []
     for i in range(config.decoy_keys):
