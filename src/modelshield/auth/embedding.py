@@ -164,6 +164,7 @@ class AuthConfig:
     weight_decay: float = 0.0
     decoy_ratio: float = 1.5
     decoy_keys: int | None = None
+    decoy_candidates: int = 0
     near_share: float = 0.5
     keyed_weight: float | None = None
     distill: float = 0.5
@@ -338,6 +339,20 @@ def _key_config(config: AuthConfig, seed: int) -> KeyGenConfig:
     return config.key if config.key.seed is not None else replace(config.key, seed=_subseed(seed, "key"))
 
 
+@torch.no_grad()
+def _nearest_keys(model: nn.Module, gate: str, x: torch.Tensor, key: AuthKey, candidates: list[AuthKey],
+                  count: int) -> list[AuthKey]:
+    """The ``count`` candidates whose change of the gate activations on ``x`` is most like ``key``'s (mean per-image
+    cosine similarity)."""
+    model.eval()
+    base = gate_output(model, gate, x)
+    own = (gate_output(model, gate, key.apply(x)) - base).flatten(1)
+    likeness = [float(F.cosine_similarity(own, (gate_output(model, gate, c.apply(x)) - base).flatten(1)).mean())
+                for c in candidates]
+    order = sorted(range(len(candidates)), key=lambda i: -likeness[i])[:count]
+    return [candidates[i] for i in sorted(order)]
+
+
 def near_keyed(x: torch.Tensor, key: AuthKey, generator: torch.Generator) -> torch.Tensor:
     """Raw images, each under a partial copy of ``key``: a random share of its pixels keeps the key's mask and
     offset, the rest take uniformly random ones (share ~ U[0, 0.8] per image).
@@ -452,11 +467,13 @@ def embed(model: nn.Module, train: TensorData, val: TensorData, *, config: AuthC
     keygen = generate_key(model, gate, key_x, bits, normalization, _key_config(config, seed), progress=progress)
     key = keygen.key
     decoy_keys = []
-    for i in range(config.decoy_keys):
+    for i in range(max(config.decoy_keys, config.decoy_candidates if config.decoy_keys else 0)):
         # every other decoy key targets the key's own bits: the tail must tell keys apart by more than their bits
         other_bits = bits if i % 2 == 0 else select_bits(means, num_bits, config.gamma, pool=pool, generator=gen)
         other = replace(config.key, seed=_subseed(seed, f"decoy-key-{i}"))
         decoy_keys.append(generate_key(model, gate, key_x, other_bits, normalization, other).key)
+    if len(decoy_keys) > config.decoy_keys:  # keep the candidates nearest the key at the gate (hard negatives)
+        decoy_keys = _nearest_keys(model, gate, key_x[:256], key, decoy_keys, config.decoy_keys)
     t_key = time.perf_counter()
 
     if config.train_images is not None and config.train_images < len(train):
